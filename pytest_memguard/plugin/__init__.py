@@ -1,0 +1,1 @@
+"""The pytest plugin (entry point ``memguard``). Placeholder until the plugin lands: loads cleanly, adds nothing."""

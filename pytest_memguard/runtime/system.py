@@ -1,0 +1,177 @@
+"""System-wide memory figures, container-aware: the seed's ``get_system_memory_summary``,
+``check_memory_threshold`` and ``log_worker_memory_summary``.
+
+"System" here means the memory that can kill this process: inside a container with a cgroup limit, the limit and
+the cgroup's usage; elsewhere the host. The seed measured against the host, which made a worker at 95 % of its
+container look like it used 10 %.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .cgroup import CgroupMemory, current_cgroup_memory, effective_limit_bytes
+from .probes import get_probe
+from .units import GB, MB
+
+logger = logging.getLogger("pytest_memguard")
+
+_LIMIT_TTL_S = 5.0
+_limit_cache: tuple[float, int | None] = (0.0, None)
+
+
+def cached_effective_limit_bytes() -> int | None:
+    """The effective limit, re-read at most every few seconds (limits change rarely; per-task reads would not be
+    free)."""
+    global _limit_cache
+    now = time.monotonic()
+    stamp, value = _limit_cache
+    if now - stamp > _LIMIT_TTL_S or value is None:
+        try:
+            value = effective_limit_bytes()
+        except Exception:
+            value = None
+        _limit_cache = (now, value)
+    return value
+
+
+def system_usage() -> dict:
+    """``{total_mb, available_mb, used_percent, source}`` of the memory that can kill this process."""
+    cgroup = _safe_cgroup()
+    if cgroup is not None and cgroup.limit_bytes and cgroup.current_bytes is not None:
+        total = min(cgroup.limit_bytes, _host_total() or cgroup.limit_bytes)
+        used = cgroup.current_bytes
+        return {
+            "total_mb": round(total / MB, 1),
+            "available_mb": round(max(total - used, 0) / MB, 1),
+            "used_percent": round(100.0 * used / total, 1),
+            "source": f"cgroup v{cgroup.version}",
+        }
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return {
+            "total_mb": round(vm.total / MB, 1),
+            "available_mb": round(vm.available / MB, 1),
+            "used_percent": round(float(vm.percent), 1),
+            "source": "host",
+        }
+    except Exception:
+        return {"total_mb": None, "available_mb": None, "used_percent": None, "source": "unknown"}
+
+
+def _host_total() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:
+        return None
+
+
+def _safe_cgroup() -> CgroupMemory | None:
+    try:
+        return current_cgroup_memory()
+    except Exception:
+        return None
+
+
+def process_percent(rss_bytes: int | None) -> float | None:
+    """RSS as a percentage of the effective limit (the seed's ``Process%``)."""
+    limit = cached_effective_limit_bytes()
+    if rss_bytes is None or not limit:
+        return None
+    return round(100.0 * rss_bytes / limit, 1)
+
+
+def get_system_memory_summary() -> dict:
+    """The seed's summary: ``virtual_memory{total_gb, available_gb, used_gb, percent}``,
+    ``swap_memory{total_gb, used_gb, percent}``, plus ``cgroup`` (or ``None``) and ``effective_limit_gb``.
+
+    Inside a memory-limited cgroup ``virtual_memory`` describes the container (its limit and usage), because that
+    is what runs out; the host's figures are kept under ``host``.
+    """
+    import psutil
+
+    vm = psutil.virtual_memory()
+    sw = psutil.swap_memory()
+    host = {
+        "total_gb": round(vm.total / GB, 2),
+        "available_gb": round(vm.available / GB, 2),
+        "used_gb": round(vm.used / GB, 2),
+        "percent": round(float(vm.percent), 1),
+    }
+    cgroup = _safe_cgroup()
+    virtual = dict(host)
+    if cgroup is not None and cgroup.limit_bytes and cgroup.current_bytes is not None:
+        total = min(cgroup.limit_bytes, vm.total)
+        used = cgroup.current_bytes
+        virtual = {
+            "total_gb": round(total / GB, 2),
+            "available_gb": round(max(total - used, 0) / GB, 2),
+            "used_gb": round(used / GB, 2),
+            "percent": round(100.0 * used / total, 1),
+        }
+    limit = effective_limit_bytes(cgroup)
+    return {
+        "virtual_memory": virtual,
+        "swap_memory": {
+            "total_gb": round(sw.total / GB, 2),
+            "used_gb": round(sw.used / GB, 2),
+            "percent": round(float(sw.percent), 1),
+        },
+        "host": host,
+        "cgroup": cgroup.as_dict() if cgroup is not None else None,
+        "effective_limit_gb": round(limit / GB, 2) if limit else None,
+    }
+
+
+def check_memory_threshold(threshold_mb: float = 3000) -> bool:
+    """The seed's check: ``True`` while this process's RSS is *under* ``threshold_mb``; logs a WARNING when not.
+
+    An unreadable RSS counts as under (a probe failure must not page anyone as if memory were exhausted).
+    """
+    rss = get_probe().rss_bytes()
+    if rss is None:
+        return True
+    rss_mb = rss / MB
+    if rss_mb > threshold_mb:
+        logger.warning(
+            "Memory threshold exceeded: RSS=%.1fMB > %.1fMB (pid %d)",
+            rss_mb,
+            threshold_mb,
+            os.getpid(),
+            extra={"memguard": {"event": "threshold", "rss_mb": round(rss_mb, 1), "threshold_mb": threshold_mb}},
+        )
+        return False
+    return True
+
+
+def log_worker_memory_summary(log: logging.Logger | None = None) -> dict:
+    """Log one line about this worker process and the system (the seed's worker summary) and return its figures."""
+    log = log or logger
+    probe = get_probe()
+    rss, vms = probe.rss_vms_bytes()
+    usage = system_usage()
+    figures = {
+        "pid": os.getpid(),
+        "rss_mb": round(rss / MB, 1) if rss is not None else None,
+        "vms_mb": round(vms / MB, 1) if vms is not None else None,
+        "process_percent": process_percent(rss),
+        "system": usage,
+    }
+    log.info(
+        "Worker memory summary: pid=%d RSS=%sMB VMS=%sMB, Process%%=%s%%, System=%s%% of %sMB (%s)",
+        figures["pid"],
+        figures["rss_mb"],
+        figures["vms_mb"],
+        figures["process_percent"],
+        usage["used_percent"],
+        usage["total_mb"],
+        usage["source"],
+        extra={"memguard": {"event": "worker_summary", **figures}},
+    )
+    return figures
