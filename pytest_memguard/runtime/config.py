@@ -63,6 +63,8 @@ class MonitorSettings:
 
     def with_overrides(self, **overrides: Any) -> MonitorSettings:
         """A copy with the given settings changed; ``None`` values are ignored (not given)."""
+        if not overrides:
+            return self
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known
         if unknown:

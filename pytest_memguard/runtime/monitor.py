@@ -24,7 +24,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .config import MonitorSettings, default_settings
@@ -93,7 +93,15 @@ class Measurement:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # Not dataclasses.asdict: its recursive deep copy cost ~200 us per task, 20x the whole monitor's budget.
+        d = dict(self.__dict__)
+        d["checkpoints"] = [dict(c) for c in self.checkpoints]
+        d["gc"] = dict(self.gc)
+        d["errors"] = list(self.errors)
+        for key in ("heap", "children"):
+            if d[key] is not None:
+                d[key] = dict(d[key])
+        return d
 
 
 class MemoryMonitor:
@@ -126,7 +134,6 @@ class MemoryMonitor:
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._lock = threading.Lock()
         self._running = False
         self._start_rss: int | None = None
         self._peak: int = 0
@@ -196,7 +203,8 @@ class MemoryMonitor:
         """Begin measuring: record the start RSS and reset the peak (folding the old peak into outer monitors)."""
         if self._running:
             return self
-        self._reset_state()
+        if self.measurement is not None or self._checkpoints:  # reused: forget the previous run
+            self._reset_state()
         self._running = True
         self._started_at = time.time()
         self._t0 = time.perf_counter()
@@ -245,7 +253,8 @@ class MemoryMonitor:
         self._token = _current.set(self)
         if self.log.isEnabledFor(self.log_level):
             self._log_line("START", self._start_rss)
-        self._emit("start", {"rss_mb": _mb(self._start_rss), "started_at": self._started_at})
+        if self.on_event is not None:
+            self._emit("start", {"rss_mb": _mb(self._start_rss), "started_at": self._started_at})
         return self
 
     def _start_children(self) -> None:
@@ -284,9 +293,12 @@ class MemoryMonitor:
         self._emit("checkpoint", entry)
         return entry
 
-    def finish_monitoring(self) -> dict:
+    def finish_monitoring(self, outcome: str = "FINISH") -> dict:
         """Stop measuring and return the seed's summary dict (``task_name, start_mb, finish_mb, peak_mb,
-        delta_mb``) plus ``peak_delta_mb``, ``peak_source``, checkpoints, GC, heap, children and limit figures."""
+        delta_mb``) plus ``peak_delta_mb``, ``peak_source``, checkpoints, GC, heap, children and limit figures.
+
+        ``outcome`` labels the final log line (``FINISH``; the Celery layer passes ``FAILURE``/``RETRY`` so the
+        seed's failure lines carry the same figures)."""
         if not self._running:
             if self.measurement is not None:
                 return self.measurement.as_dict()
@@ -296,8 +308,7 @@ class MemoryMonitor:
         heap = children = None
         try:
             peak = self._stop_peak_tracking(probe)
-            gc_figures = self._run_gc_policy(probe)
-            finish_rss = probe.rss_bytes()
+            gc_figures, finish_rss = self._run_gc_policy(probe)
             if self._heap_start is not None:
                 heap = self._heap_figures()
             if self.settings.include_children:
@@ -341,11 +352,12 @@ class MemoryMonitor:
         )
         m = self.measurement
         if self.log.isEnabledFor(self.log_level):
-            label = f"FINISH (delta={format_mb(m.delta_mb, signed=True)}, peak={format_mb(m.peak_mb)})"
+            label = f"{outcome} (delta={format_mb(m.delta_mb, signed=True)}, peak={format_mb(m.peak_mb)})"
             self._log_line(label, finish_rss, peak=peak, measurement=m)
         self._warn_thresholds(m)
         result = m.as_dict()
-        self._emit("finish", result)
+        if self.on_event is not None:
+            self._emit("finish", result)
         return result
 
     def _stop_peak_tracking(self, probe) -> int | None:
@@ -413,24 +425,24 @@ class MemoryMonitor:
     def _gc_policy(self) -> str:
         return self.settings.gc_policy if self.enable_gc else "never"
 
-    def _run_gc_policy(self, probe) -> dict:
+    def _run_gc_policy(self, probe) -> tuple[dict, int | None]:
+        """Apply the GC policy; return its figures and the RSS after it (read once, reused as the finish RSS)."""
         policy = self._gc_policy()
+        rss = probe.rss_bytes()
         if policy == "never":
-            return {"policy": policy, "collected": False}
+            return {"policy": policy, "collected": False}, rss
         if _gc_state["pid"] != os.getpid():  # forked child: the parent's reference point means nothing here
             _gc_state.update(pid=os.getpid(), rss_after_last_full=None)
         if policy == "growth":
-            rss = probe.rss_bytes()
             reference = _gc_state["rss_after_last_full"]
             if reference is None:
                 # First work in this process: the reference is the start of this work, not zero.
                 reference = self._start_rss
+                _gc_state["rss_after_last_full"] = reference
             if rss is None or reference is None or rss - reference < self.settings.gc_growth_mb * MB:
-                if _gc_state["rss_after_last_full"] is None:
-                    _gc_state["rss_after_last_full"] = reference
-                return {"policy": policy, "collected": False}
+                return {"policy": policy, "collected": False}, rss
         stats = self.force_garbage_collection(log_result=False)
-        return {"policy": policy, "collected": True, **stats}
+        return {"policy": policy, "collected": True, **stats}, probe.rss_bytes()
 
     def force_garbage_collection(self, log_result: bool = True) -> dict:
         """Collect all three generations and report what it freed: ``before_mb, after_mb, freed_mb,
