@@ -1,5 +1,6 @@
 """MemoryMonitor against real allocations: bytearrays, mmaps, lists of objects and forked children."""
 
+import contextvars
 import gc
 import logging
 import mmap
@@ -72,6 +73,7 @@ def test_a_kept_list_of_objects_shows_in_delta_and_peak():
 
 @needs_kernel_mark
 def test_nested_monitors_each_keep_their_own_true_peak():
+    enclosing = 1 if current_monitor() is not None else 0  # e.g. the pytest plugin's own monitor of this test
     with MemoryMonitor("test-level") as outer:
         with MemoryMonitor("task-1") as t1:
             spike_bytearray(200, 0.002)
@@ -84,8 +86,8 @@ def test_nested_monitors_each_keep_their_own_true_peak():
     assert abs(t3.measurement.peak_delta_mb - 30) < 1
     # The outer monitor's peak is the 200 MiB spike of task-1, though two resets happened after it.
     assert abs(outer.measurement.peak_delta_mb - 200) < 2
-    assert outer.measurement.overlapped == 3
-    assert t1.measurement.overlapped == 1
+    assert outer.measurement.overlapped == 3 + enclosing
+    assert t1.measurement.overlapped == 1 + enclosing
     del kept
 
 
@@ -143,14 +145,14 @@ def test_checkpoints_record_time_rss_and_peak_and_are_reachable_from_anywhere():
     def library_code():
         checkpoint("deep-inside")
 
-    assert checkpoint("nothing-running") is None
+    assert contextvars.Context().run(checkpoint, "nothing-running") is None
     with MemoryMonitor("phases") as monitor:
         assert current_monitor() is monitor
         buf = bytearray(40 * MB)
         monitor.checkpoint("after_alloc")
         library_code()
         del buf
-    assert current_monitor() is None
+    assert current_monitor() is not monitor
     labels = [c["label"] for c in monitor.measurement.checkpoints]
     assert labels == ["after_alloc", "deep-inside"]
     first = monitor.measurement.checkpoints[0]
