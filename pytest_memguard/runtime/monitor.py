@@ -278,6 +278,8 @@ class MemoryMonitor:
         try:
             rss = get_probe().rss_bytes()
             peak = self._peak_so_far()
+            if rss is not None and (peak is None or rss > peak):
+                peak = rss  # statm and the mark are read a moment apart: the peak is never below the RSS
         except Exception as exc:
             self._fault("checkpoint", exc)
             rss = peak = None
