@@ -151,7 +151,8 @@ class MemoryMonitor:
         self._checkpoints: list[dict] = []
         self._errors: list[str] = []
         self._fault_logged = False
-        self.measurement: Measurement | None = None
+        self._result: dict | None = None
+        self._measurement: Measurement | None = None
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _fault(self, where: str, exc: BaseException) -> None:
@@ -203,7 +204,7 @@ class MemoryMonitor:
         """Begin measuring: record the start RSS and reset the peak (folding the old peak into outer monitors)."""
         if self._running:
             return self
-        if self.measurement is not None or self._checkpoints:  # reused: forget the previous run
+        if self._result is not None or self._checkpoints:  # reused: forget the previous run
             self._reset_state()
         self._running = True
         self._started_at = time.time()
@@ -302,8 +303,8 @@ class MemoryMonitor:
         ``outcome`` labels the final log line (``FINISH``; the Celery layer passes ``FAILURE``/``RETRY`` so the
         seed's failure lines carry the same figures)."""
         if not self._running:
-            if self.measurement is not None:
-                return self.measurement.as_dict()
+            if self._result is not None:
+                return dict(self._result)
             self.start_monitoring()
         probe = get_probe()
         finish_rss = peak = None
@@ -331,36 +332,47 @@ class MemoryMonitor:
         if peak is not None and finish_rss is not None and finish_rss > peak:
             peak = finish_rss
         limit = cached_effective_limit_bytes()
-        self.measurement = Measurement(
-            task_name=self.task_name,
-            task_id=self.task_id,
-            pid=os.getpid(),
-            start_mb=_mb(start),
-            finish_mb=_mb(finish_rss),
-            peak_mb=_mb(peak),
-            delta_mb=_mb(finish_rss - start) if finish_rss is not None and start is not None else None,
-            peak_delta_mb=_mb(peak - start) if peak is not None and start is not None else None,
-            peak_source=self._peak_source,
-            started_at=self._started_at,
-            duration_s=round(time.perf_counter() - self._t0, 6),
-            checkpoints=self._checkpoints,
-            gc=gc_figures,
-            heap=heap,
-            children=children,
-            overlapped=len(self._overlapping),
-            limit_mb=_mb(limit, 1),
-            process_percent=process_percent(peak),
-            errors=self._errors,
-        )
-        m = self.measurement
+        known = start is not None
+        # One dict literal, not a dataclass and a copy of it: this is the per-task hot path (benchmarks/).
+        result = {
+            "task_name": self.task_name,
+            "start_mb": _mb(start),
+            "finish_mb": _mb(finish_rss),
+            "peak_mb": _mb(peak),
+            "delta_mb": round((finish_rss - start) / MB, 3) if known and finish_rss is not None else None,
+            "peak_delta_mb": round((peak - start) / MB, 3) if known and peak is not None else None,
+            "peak_source": self._peak_source,
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+            "duration_s": round(time.perf_counter() - self._t0, 6),
+            "checkpoints": self._checkpoints,
+            "gc": gc_figures,
+            "heap": heap,
+            "children": children,
+            "overlapped": len(self._overlapping),
+            "limit_mb": round(limit / MB, 1) if limit else None,
+            "process_percent": round(100.0 * peak / limit, 1) if limit and peak is not None else None,
+            "task_id": self.task_id,
+            "errors": self._errors,
+        }
+        self._result = result
+        self._measurement = None
         if self.log.isEnabledFor(self.log_level):
-            label = f"{outcome} (delta={format_mb(m.delta_mb, signed=True)}, peak={format_mb(m.peak_mb)})"
-            self._log_line(label, finish_rss, peak=peak, measurement=m)
-        self._warn_thresholds(m)
-        result = m.as_dict()
+            label = (
+                f"{outcome} (delta={format_mb(result['delta_mb'], signed=True)}, peak={format_mb(result['peak_mb'])})"
+            )
+            self._log_line(label, finish_rss, peak=peak, result=result)
+        self._warn_thresholds(result)
         if self.on_event is not None:
-            self._emit("finish", result)
-        return result
+            self._emit("finish", dict(result))
+        return dict(result)
+
+    @property
+    def measurement(self) -> Measurement | None:
+        """The typed record of the last finished run (``None`` before a finish)."""
+        if self._measurement is None and self._result is not None:
+            self._measurement = Measurement(**self._result)
+        return self._measurement
 
     def _stop_peak_tracking(self, probe) -> int | None:
         for sampler, key in self._sampler_keys:
@@ -510,7 +522,7 @@ class MemoryMonitor:
             "gc": {"collections": list(gc.get_count()), "objects": len(gc.get_objects())},
         }
 
-    def _log_line(self, label: str, rss: int | None, *, peak: int | None = None, measurement=None) -> None:
+    def _log_line(self, label: str, rss: int | None, *, peak: int | None = None, result: dict | None = None) -> None:
         """``Memory [name] LABEL: RSS=…MB (peak=…MB), Process%=…%, System=…%[, GC objects=N]`` — the seed's
         format, so existing greps keep working; the numbers also travel as ``extra={"memguard": {...}}``."""
         try:
@@ -538,43 +550,44 @@ class MemoryMonitor:
                 text += f", GC objects={count:,}"
             if self.task_id:
                 text += f" [task_id={self.task_id}]"
-            if measurement is not None:
-                fields.update(measurement.as_dict())
+            if result is not None:
+                fields.update(result)
             self.log.log(self.log_level, text, extra={"memguard": fields})
         except Exception as exc:
             self._fault("logging", exc)
 
-    def _warn_thresholds(self, m: Measurement) -> None:
+    def _warn_thresholds(self, result: dict) -> None:
         s = self.settings
-        if m.peak_mb is not None and m.peak_mb > s.warn_peak_mb:
+        peak_mb, percent = result["peak_mb"], result["process_percent"]
+        if peak_mb is not None and peak_mb > s.warn_peak_mb:
             self.log.warning(
                 "Memory [%s] high peak: peak=%.1fMB > %.1fMB threshold",
                 self.task_name,
-                m.peak_mb,
+                peak_mb,
                 s.warn_peak_mb,
                 extra={
                     "memguard": {
                         "event": "warn_peak",
                         "task_name": self.task_name,
                         "task_id": self.task_id,
-                        "peak_mb": m.peak_mb,
+                        "peak_mb": peak_mb,
                         "threshold_mb": s.warn_peak_mb,
                     }
                 },
             )
-        if m.process_percent is not None and m.process_percent > s.warn_process_percent:
+        if percent is not None and percent > s.warn_process_percent:
             self.log.warning(
                 "Memory [%s] high process usage: Process%%=%.1f%% of %.0fMB limit > %.0f%% threshold",
                 self.task_name,
-                m.process_percent,
-                m.limit_mb or 0,
+                percent,
+                result["limit_mb"] or 0,
                 s.warn_process_percent,
                 extra={
                     "memguard": {
                         "event": "warn_percent",
                         "task_name": self.task_name,
                         "task_id": self.task_id,
-                        "process_percent": m.process_percent,
+                        "process_percent": percent,
                         "threshold_percent": s.warn_process_percent,
                     }
                 },
