@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .cgroup import current_cgroup_memory
 from .config import MonitorSettings, default_settings
 from .probes import PEAK_SOURCE_KERNEL, PeakSampler, get_probe, sampled_source
 from .system import cached_effective_limit_bytes, process_percent, system_usage
@@ -500,7 +501,8 @@ class MemoryMonitor:
     # -- info and logging -------------------------------------------------------------------------------------
     def get_memory_info(self) -> dict:
         """A snapshot in the seed's shape: ``timestamp, task_name, process{pid, rss_mb, vms_mb, percent, peak_mb},
-        system{total_mb, available_mb, used_percent}, gc{collections, objects}`` (plus ``system.source``).
+        system{total_mb, available_mb, used_percent}, gc{collections, objects}`` plus ``system.source`` and
+        ``cgroup`` (limit, usage, peak and OOM kills of the container, or ``None`` outside one).
 
         This is an explicit call, so it counts GC objects (``len(gc.get_objects())``) even though log lines do
         not by default.
@@ -508,6 +510,11 @@ class MemoryMonitor:
         probe = get_probe()
         rss, vms = probe.rss_vms_bytes()
         peak = self._peak_so_far() if self._running else (self._peak or probe.hwm_bytes())
+        try:
+            cgroup = current_cgroup_memory()
+        except Exception as exc:
+            self._fault("get_memory_info", exc)
+            cgroup = None
         return {
             "timestamp": time.time(),
             "task_name": self.task_name,
@@ -520,6 +527,7 @@ class MemoryMonitor:
             },
             "system": system_usage(),
             "gc": {"collections": list(gc.get_count()), "objects": len(gc.get_objects())},
+            "cgroup": cgroup.as_dict() if cgroup is not None else None,
         }
 
     def _log_line(self, label: str, rss: int | None, *, peak: int | None = None, result: dict | None = None) -> None:

@@ -271,12 +271,14 @@ def test_force_garbage_collection_keys_and_honest_counts():
 
 def test_get_memory_info_has_the_seed_shape():
     info = MemoryMonitor("info").get_memory_info()
-    assert set(info) == {"timestamp", "task_name", "process", "system", "gc"}
+    assert set(info) == {"timestamp", "task_name", "process", "system", "gc", "cgroup"}
     assert set(info["process"]) == {"pid", "rss_mb", "vms_mb", "percent", "peak_mb"}
     assert {"total_mb", "available_mb", "used_percent"} <= set(info["system"])
     assert set(info["gc"]) == {"collections", "objects"}
     assert info["process"]["pid"] == os.getpid()
     assert info["gc"]["objects"] > 1000
+    if info["cgroup"] is not None:  # this machine runs the tests inside a memory cgroup
+        assert info["cgroup"]["current_bytes"] > 0 and info["cgroup"]["version"] in (1, 2)
 
 
 def test_decorator_gives_a_fresh_monitor_per_call():
