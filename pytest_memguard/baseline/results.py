@@ -134,7 +134,12 @@ def load_entries(path: str | os.PathLike) -> tuple[dict[str, Entry], dict | None
     if isinstance(data, Mapping) and data.get("kind") == BASELINE_KIND:
         baseline = baseline_from_dict(data, source)
         return baseline.entries, baseline.machine or None
-    if isinstance(data, Mapping) and data.get("kind", RESULTS_KIND) == RESULTS_KIND:
+    is_results = isinstance(data, Mapping) and ("tests" in data or "tasks" in data)
+    if is_results and data.get("kind", RESULTS_KIND) == RESULTS_KIND:
         machine = data.get("machine")
         return entries_from_results(data, source), dict(machine) if isinstance(machine, Mapping) else None
-    raise BaselineError(f"{source}: not a memguard baseline or results file (kind {data.get('kind')!r})")
+    kind = data.get("kind") if isinstance(data, Mapping) else type(data).__name__
+    raise BaselineError(
+        f"{source}: not a memguard baseline or results file (kind {kind!r}, no 'entries' or 'tests'); "
+        "pass a file written by --memory-baseline-save or --memguard-json"
+    )
