@@ -1,0 +1,415 @@
+"""``instrument(app)``: every task of a Celery app measured, logged and delivered back as a ``TaskMemory``.
+
+Signal plan (order from ``celery/app/trace.py``): ``task_prerun`` → task body → result stored → ``task_success`` /
+``task_failure`` / ``task_retry`` → ``task_postrun``. The monitor starts in ``task_prerun`` and finishes in
+``task_postrun``; both run in the thread (and context) that runs the task body, so
+:func:`pytest_memguard.checkpoint` inside the task finds the task's monitor through its contextvar, in the prefork,
+solo, threads and gevent/eventlet pools alike. ``task_failure``/``task_retry`` only note the exception.
+
+Per-task state lives in a dict keyed by ``(task id, attempt)`` under a lock, never on the task object (one task
+object serves every concurrent execution in a threads pool). A ``task_failure`` carrying ``WorkerLostError`` in a
+process that is not running the task is the prefork parent hearing of a dead child: it turns the child's persisted
+state into a ``WORKER_LOST`` record (:mod:`.inflight`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import signals
+
+from ..runtime.monitor import MemoryMonitor
+from ..runtime.units import MB
+from .collect import RUN_TAG_HEADER, active_run_tag
+from .inflight import InflightFile, oom_kill_count, read_inflight, worker_lost_record
+from .options import resolve_options
+from .records import FAILURE, RETRY, SUCCESS, TaskMemory
+from .store import RecordStoreError, local_records, store_for
+
+logger = logging.getLogger("pytest_memguard.celery")
+
+_STATE_BY_CELERY = {"SUCCESS": SUCCESS, "FAILURE": FAILURE, "RETRY": RETRY}
+
+
+@dataclass
+class TaskRun:
+    """The state of one running execution; found by ``(task_id, attempt)`` or through :data:`current_run`."""
+
+    instrumentation: Instrumentation
+    task_id: str
+    task_name: str
+    attempt: int
+    hostname: str | None
+    pool: str
+    run_tag: str | None
+    monitor: MemoryMonitor
+    inflight: InflightFile | None = None
+    exception: str | None = None
+    children: list[str] = field(default_factory=list)
+    token: contextvars.Token | None = None
+
+
+current_run: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar("memguard_task_run", default=None)
+
+_lock = threading.Lock()
+_running: dict[tuple[str, int], TaskRun] = {}
+_by_app: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_worker = {"pool": None, "oom_kills": None}
+
+
+def _pool_name(pool_cls: Any) -> str | None:
+    """``prefork``/``solo``/``threads``/``gevent``/``eventlet`` from Celery's pool class or alias."""
+    if pool_cls is None:
+        return None
+    try:
+        from celery import concurrency
+
+        pool_cls = concurrency.get_implementation(pool_cls)
+    except Exception:
+        return str(pool_cls)
+    module = getattr(pool_cls, "__module__", "") or ""
+    name = module.rsplit(".", 1)[-1]
+    return {"thread": "threads", "asynpool": "prefork"}.get(name, name) or None
+
+
+def _current_pool(request) -> str:
+    if getattr(request, "is_eager", False):
+        return "eager"
+    if _worker["pool"]:
+        return _worker["pool"]
+    import multiprocessing
+
+    return "prefork" if "PoolWorker" in multiprocessing.current_process().name else "unknown"
+
+
+class Instrumentation:
+    """What :func:`instrument` connected for one app: its resolved options, settings and record store."""
+
+    def __init__(self, app, overrides: dict[str, Any]) -> None:
+        self.app = app
+        self.overrides = dict(overrides)
+        self.options, self.settings = resolve_options(app, self.overrides)
+        self.log = logging.getLogger("pytest_memguard")
+        self._store = None
+        self._store_pid: int | None = None
+        self._delivery_warned = False
+        self._metrics = None
+        if self.options.metrics:
+            from .metrics import TaskMetrics
+
+            self._metrics = TaskMetrics(self.settings.warn_peak_mb, self.settings.warn_process_percent)
+
+    # -- records ---------------------------------------------------------------------------------------------
+    def store(self, backend=None):
+        """The record store of this process (backends are per process: rebuilt after fork)."""
+        if self._store is None or self._store_pid != os.getpid():
+            self._store = store_for(backend if backend is not None else self.app.backend, self.options.records_dir)
+            self._store_pid = os.getpid()
+        return self._store
+
+    def deliver(self, record: TaskMemory, backend=None) -> None:
+        local_records.add(record)
+        if self._metrics is not None:
+            self._metrics.observe(record)
+        if not self.options.records or record.pool == "eager":
+            return
+        try:
+            self.store(backend).write(record)
+        except (RecordStoreError, Exception) as exc:  # delivery must never fail the task
+            if not self._delivery_warned:
+                self._delivery_warned = True
+                logger.warning("memguard: cannot deliver memory records (%s); tasks are unaffected", exc)
+
+    # -- the task lifecycle ----------------------------------------------------------------------------------
+    def persist_running(self, pool: str) -> bool:
+        mode = self.options.persist_running
+        return mode == "always" or (mode == "auto" and pool == "prefork")
+
+    def start(self, task, task_id: str) -> None:
+        request = task.request
+        attempt = _attempt(request)
+        pool = _current_pool(request)
+        run_tag = _request_header(request, RUN_TAG_HEADER) or (active_run_tag() if pool == "eager" else None)
+        monitor = MemoryMonitor(task.name, task_id=task_id, settings=self.settings, log=self.log)
+        monitor.log_level = self.options.log_level
+        run = TaskRun(self, task_id, task.name, attempt, getattr(request, "hostname", None), pool, run_tag, monitor)
+        with _lock:
+            _running[(task_id, attempt)] = run
+        monitor.start_monitoring()
+        if self.persist_running(pool):
+            run.inflight = self._open_inflight(run)
+            monitor.on_event = _checkpoint_persister(run.inflight)
+        run.token = current_run.set(run)
+
+    def _open_inflight(self, run: TaskRun) -> InflightFile | None:
+        start = run.monitor._start_rss
+        state = {
+            "task_id": run.task_id,
+            "task_name": run.task_name,
+            "attempt": run.attempt,
+            "pid": os.getpid(),
+            "hostname": run.hostname,
+            "pool": run.pool,
+            "run_tag": run.run_tag,
+            "started_at": run.monitor._started_at,
+            "start_mb": None if start is None else round(start / MB, 3),
+            "peak_mb": None if start is None else round(start / MB, 3),
+            "last_rss_mb": None if start is None else round(start / MB, 3),
+            "peak_source": run.monitor._peak_source,
+            "limit_mb": self.limit_mb(),
+            "checkpoints": [],
+        }
+        try:
+            return InflightFile(self.options.inflight_dir, run.task_id, state)
+        except OSError as exc:
+            logger.warning("memguard: cannot persist running task state in %s: %s", self.options.inflight_dir, exc)
+            return None
+
+    def limit_mb(self, found_mb: float | None = None) -> float | None:
+        """The effective limit: the tighter of the limit found (cgroup/host) and the ``memory_limit`` option."""
+        configured = self.options.memory_limit / MB if self.options.memory_limit else None
+        if found_mb is None:
+            from ..runtime.system import cached_effective_limit_bytes
+
+            found = cached_effective_limit_bytes()
+            found_mb = None if found is None else found / MB
+        candidates = [v for v in (found_mb, configured) if v]
+        return round(min(candidates), 1) if candidates else None
+
+    def finish(self, run: TaskRun, task, celery_state: str | None) -> None:
+        state = _STATE_BY_CELERY.get(celery_state or "", celery_state or "UNKNOWN")
+        monitor = run.monitor
+        if state in (FAILURE, RETRY) and self.options.gc_after_failure and monitor.enable_gc:
+            monitor.settings = monitor.settings.with_overrides(gc_policy="always")
+        summary = monitor.finish_monitoring(outcome=state if state in (FAILURE, RETRY) else "FINISH")
+        if run.token is not None:
+            try:
+                current_run.reset(run.token)
+            except ValueError:
+                current_run.set(None)
+        if run.inflight is not None:
+            run.inflight.remove()
+        self.deliver(self._record(run, state, summary), backend=task.backend)
+
+    def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
+        limit = self.limit_mb(m.get("limit_mb"))
+        percent = m.get("process_percent")
+        if limit and m.get("peak_mb") is not None and limit != m.get("limit_mb"):
+            percent = round(100.0 * m["peak_mb"] / limit, 1)
+        return TaskMemory(
+            task_id=run.task_id,
+            task_name=run.task_name,
+            state=state,
+            pid=m.get("pid"),
+            hostname=run.hostname,
+            pool=run.pool,
+            attempt=run.attempt,
+            start_mb=m.get("start_mb"),
+            finish_mb=m.get("finish_mb"),
+            peak_mb=m.get("peak_mb"),
+            delta_mb=m.get("delta_mb"),
+            peak_delta_mb=m.get("peak_delta_mb"),
+            peak_source=m.get("peak_source"),
+            heap=m.get("heap"),
+            checkpoints=m.get("checkpoints") or [],
+            gc=m.get("gc") or {},
+            started_at=m.get("started_at"),
+            duration_s=m.get("duration_s"),
+            overlapped=m.get("overlapped") or 0,
+            limit_mb=limit,
+            process_percent=percent,
+            exception=run.exception,
+            run_tag=run.run_tag,
+            children=run.children,
+            errors=m.get("errors") or [],
+        )
+
+    def note_exception(self, task_id: str, attempt: int, exc: BaseException | None) -> bool:
+        with _lock:
+            run = _running.get((task_id, attempt))
+        if run is None:
+            return False
+        if exc is not None:
+            run.exception = f"{type(exc).__name__}: {exc}"
+        return True
+
+    def worker_lost(self, task, task_id: str, exc: BaseException) -> None:
+        """In the prefork parent: report a child that died while running ``task_id``."""
+        persisted = read_inflight(self.options.inflight_dir, task_id)
+        before = _worker["oom_kills"]
+        now = oom_kill_count()
+        _worker["oom_kills"] = now
+        record = worker_lost_record(
+            task_id,
+            task.name,
+            exc,
+            persisted,
+            oom_kills_before=before,
+            oom_kills_now=now,
+            limit_mb=self.limit_mb((persisted or {}).get("limit_mb")),
+            near_percent=self.options.oom_near_percent,
+        )
+        self.log.warning(
+            "Memory [%s] WORKER_LOST (signal=%s, suspected_oom=%s, last peak=%sMB) [task_id=%s]",
+            record.task_name,
+            record.signal,
+            record.suspected_oom,
+            record.peak_mb,
+            task_id,
+            extra={"memguard": {"event": "worker_lost", **record.as_dict()}},
+        )
+        self.deliver(record, backend=task.backend)
+
+
+def _checkpoint_persister(inflight: InflightFile | None):
+    if inflight is None:
+        return None
+
+    def on_event(event: str, payload: dict) -> None:
+        if event == "checkpoint":
+            inflight.on_checkpoint(payload)
+
+    return on_event
+
+
+def _attempt(request) -> int:
+    return int(getattr(request, "retries", 0) or 0) if request is not None else 0
+
+
+def _request_header(request, name: str):
+    value = getattr(request, name, None)
+    if value is None:
+        headers = getattr(request, "headers", None) or {}
+        value = headers.get(name)
+    return value
+
+
+# -- signal receivers: one set for every instrumented app ----------------------------------------------------------
+def _instrumentation_of(task) -> Instrumentation | None:
+    app = getattr(task, "_app", None) or getattr(task, "app", None)
+    return _by_app.get(app) if app is not None else None
+
+
+def _on_prerun(sender=None, task_id=None, task=None, **_):
+    task = task or sender
+    instr = _instrumentation_of(task)
+    if instr is not None:
+        instr.start(task, task_id)
+
+
+def _on_postrun(sender=None, task_id=None, task=None, state=None, **_):
+    # Looked up by key, not by app: a task started before uninstrument() must still finish its monitor.
+    task = task or sender
+    with _lock:
+        run = _running.pop((task_id, _attempt(task.request)), None)
+    if run is not None:
+        run.instrumentation.finish(run, task, state)
+
+
+def _on_failure(sender=None, task_id=None, exception=None, **_):
+    instr = _instrumentation_of(sender)
+    if instr is None:
+        return
+    if instr.note_exception(task_id, _attempt(sender.request), exception):
+        return
+    from billiard.exceptions import WorkerLostError
+
+    if isinstance(exception, WorkerLostError):
+        instr.worker_lost(sender, task_id, exception)
+
+
+def _on_retry(sender=None, request=None, reason=None, **_):
+    instr = _instrumentation_of(sender)
+    if instr is not None and request is not None:
+        instr.note_exception(request.id, _attempt(request), getattr(reason, "exc", None) or reason)
+
+
+def _on_before_publish(sender=None, headers=None, **_):
+    """Note child tasks of a running task and carry its run tag to them (see :mod:`.collect` for the caller)."""
+    run = current_run.get()
+    if run is None or headers is None:
+        return
+    child_id = headers.get("id")
+    if child_id and child_id != run.task_id:
+        run.children.append(child_id)
+    if run.run_tag and RUN_TAG_HEADER not in headers:
+        headers[RUN_TAG_HEADER] = run.run_tag
+
+
+def _on_worker_init(sender=None, **_):
+    _worker["pool"] = _pool_name(getattr(sender, "pool_cls", None))
+    _worker["oom_kills"] = oom_kill_count()
+
+
+_RECEIVERS = [
+    (signals.task_prerun, _on_prerun),
+    (signals.task_postrun, _on_postrun),
+    (signals.task_failure, _on_failure),
+    (signals.task_retry, _on_retry),
+    (signals.before_task_publish, _on_before_publish),
+    (signals.worker_init, _on_worker_init),
+]
+_connected = {"on": False}
+
+
+def _connect() -> None:
+    if _connected["on"]:
+        return
+    for signal, receiver in _RECEIVERS:
+        signal.connect(receiver, weak=False, dispatch_uid=f"memguard.{receiver.__name__}")
+    _connected["on"] = True
+
+
+def _disconnect() -> None:
+    if not _connected["on"]:
+        return
+    for signal, receiver in _RECEIVERS:
+        signal.disconnect(receiver, dispatch_uid=f"memguard.{receiver.__name__}")
+    _connected["on"] = False
+
+
+def instrument(app, **options: Any) -> Instrumentation:
+    """Measure every task of ``app``: log START/checkpoints/FINISH (FAILURE, RETRY) in the seed's format with the
+    task id, run the GC policy after each task, warn over thresholds, and deliver a ``TaskMemory`` per execution.
+
+    ``options`` are the monitor's settings (``gc_policy="always"``, ``warn_peak_mb=500``, …) and the Celery
+    layer's (:mod:`.options`); they also come from ``app.conf.memguard_*`` and ``MEMGUARD_*``. Idempotent: a second
+    call returns the same instrumentation, re-resolved with any new options. Call it where the app is defined, so
+    the worker (``celery -A``) and the caller both run it.
+    """
+    with _lock:
+        existing = _by_app.get(app)
+        if existing is not None and not options:
+            return existing
+        merged = {**(existing.overrides if existing else {}), **options}
+        instr = Instrumentation(app, merged)
+        _by_app[app] = instr
+        _connect()
+    return instr
+
+
+def uninstrument(app) -> bool:
+    """Undo :func:`instrument` for ``app`` (tasks already running finish unmeasured). Returns whether it was
+    instrumented. Signals are disconnected when no app remains instrumented."""
+    with _lock:
+        removed = _by_app.pop(app, None) is not None
+        if not len(_by_app):
+            _disconnect()
+    return removed
+
+
+def instrumentation(app) -> Instrumentation | None:
+    """The active instrumentation of ``app``, if any."""
+    return _by_app.get(app)
+
+
+def running_tasks() -> list[TaskRun]:
+    """Executions being measured in this process right now (for diagnostics and the pytest plugin)."""
+    with _lock:
+        return list(_running.values())

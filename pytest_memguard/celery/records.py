@@ -1,0 +1,105 @@
+"""``TaskMemory``: what one execution of a Celery task used, as it travels from the worker back to the caller.
+
+Its attribute names are the monitor's (:class:`pytest_memguard.runtime.Measurement`) plus what only Celery knows
+(``state``, ``hostname``, ``pool``, ``attempt``) and what only a killed worker's parent knows (``signal``,
+``suspected_oom``). It is plain data: JSON in, JSON out, so any result backend can carry it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..runtime.units import format_mb
+
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+RETRY = "RETRY"
+WORKER_LOST = "WORKER_LOST"
+#: States after which no further execution of the task will follow (RETRY is followed by another attempt).
+TERMINAL_STATES = frozenset({SUCCESS, FAILURE, WORKER_LOST})
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class TaskMemory:
+    """One execution of one task. ``*_mb`` are MB (2**20 bytes); ``None`` means unknown.
+
+    - ``peak_delta_mb``: peak above the start RSS, i.e. what the task added at its worst (the figure to budget).
+    - ``peak_source``: where the peak came from (``kernel-hwm`` exact; ``sampled@10ms`` may miss short spikes).
+    - ``overlapped``: how many other monitored tasks ran in the same process at the same time. RSS is per process,
+      so when this is non-zero (threads/gevent pools) the figures are the process's, shared between those tasks.
+    - ``attempt``: ``request.retries`` of this execution (0 for the first run); a task retried three times has
+      records for attempts 0, 1, 2 (``RETRY``) and 3 (final state).
+    - ``gc``: what the after-task GC policy did (``collected``, ``objects_collected``, ``freed_mb``).
+    - ``signal`` / ``suspected_oom``: for ``WORKER_LOST`` only; the figures are then the last ones the child
+      persisted before it died (its START or last checkpoint), ``finish_mb`` is ``None``.
+    """
+
+    task_id: str
+    task_name: str
+    state: str
+    pid: int | None = None
+    hostname: str | None = None
+    pool: str | None = None
+    attempt: int = 0
+    start_mb: float | None = None
+    finish_mb: float | None = None
+    peak_mb: float | None = None
+    delta_mb: float | None = None
+    peak_delta_mb: float | None = None
+    peak_source: str | None = None
+    heap: dict | None = None
+    checkpoints: list[dict] = field(default_factory=list)
+    gc: dict = field(default_factory=dict)
+    started_at: float | None = None
+    duration_s: float | None = None
+    overlapped: int = 0
+    limit_mb: float | None = None
+    process_percent: float | None = None
+    exception: str | None = None
+    signal: str | None = None
+    suspected_oom: bool | None = None
+    run_tag: str | None = None
+    children: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    version: int = RECORD_VERSION
+
+    @property
+    def terminal(self) -> bool:
+        """True when no further attempt of this task follows this record."""
+        return self.state in TERMINAL_STATES
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskMemory:
+        """Build from a dict, ignoring keys this version does not know (records written by a newer worker)."""
+        known = {f.name for f in fields(cls)}
+        missing = {"task_id", "task_name", "state"} - set(data)
+        if missing:
+            raise ValueError(f"not a TaskMemory record: missing {', '.join(sorted(missing))} in {sorted(data)[:8]}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskMemory:
+        return cls.from_dict(json.loads(text))
+
+    def summary(self) -> str:
+        """One line in the seed's spirit, for reports: ``name[id] STATE peak=…MB (+…MB over start) …``."""
+        text = (
+            f"{self.task_name}[{self.task_id}] {self.state}: peak={format_mb(self.peak_mb)} "
+            f"(peak_delta={format_mb(self.peak_delta_mb, signed=True)}, delta={format_mb(self.delta_mb, signed=True)})"
+            f" pool={self.pool}"
+        )
+        if self.overlapped:
+            text += f" overlapped={self.overlapped}"
+        if self.state == WORKER_LOST:
+            text += f" signal={self.signal} suspected_oom={self.suspected_oom}"
+        return text

@@ -1,0 +1,199 @@
+"""In-process execution (``apply()``, ``task_always_eager``): records, checkpoints, GC policy, options."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from celery import Celery
+
+import pytest_memguard
+from pytest_memguard.celery import (
+    FAILURE,
+    RETRY,
+    SUCCESS,
+    MonitoredTask,
+    TaskMemoryTimeout,
+    collect_task_memories,
+    instrument,
+    instrumentation,
+    task_memories,
+    task_memory,
+    uninstrument,
+)
+from pytest_memguard.runtime.config import SettingError
+
+MB = 1 << 20
+
+
+def library_phase(label: str) -> None:
+    """Library code that knows nothing about Celery."""
+    pytest_memguard.checkpoint(label)
+
+
+@pytest.fixture
+def app():
+    app = Celery(f"eager-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    app.conf.update(broker_url="memory://", result_backend="cache+memory://")
+
+    @app.task(name=f"{app.main}.alloc", bind=True, base=MonitoredTask)
+    def alloc(self, mb):
+        buf = bytearray(mb * MB)
+        self.memory_checkpoint("allocated")
+        library_phase("library")
+        return len(buf)
+
+    @app.task(name=f"{app.main}.fail")
+    def fail(mb):
+        held = bytearray(mb * MB)  # noqa: F841 - kept alive by the traceback's frame
+        raise KeyError("boom")
+
+    @app.task(name=f"{app.main}.retry", bind=True, max_retries=5)
+    def retry(self, times):
+        pytest_memguard.checkpoint(f"attempt_{self.request.retries}")
+        if self.request.retries < times:
+            raise self.retry(exc=ValueError(f"attempt {self.request.retries}"), countdown=0)
+        return "done"
+
+    @app.task(name=f"{app.main}.cycle")
+    def cycle(mb):
+        node = {"payload": bytearray(mb * MB)}
+        node["self"] = node
+
+    instrument(app)
+    yield app
+    uninstrument(app)
+
+
+def test_apply_delivers_a_record_without_touching_the_return_value(app):
+    result = app.tasks[f"{app.main}.alloc"].apply(args=(8,))
+    assert result.get() == 8 * MB
+    mem = task_memory(result, timeout=1)
+    assert mem.state == SUCCESS and mem.pool == "eager" and mem.task_id == result.id
+    assert [c["label"] for c in mem.checkpoints] == ["allocated", "library"]
+    assert mem.peak_delta_mb >= 7
+    assert mem.to_json() and type(mem).from_json(mem.to_json()) == mem
+
+
+def test_task_always_eager(app):
+    app.conf.task_always_eager = True
+    result = app.tasks[f"{app.main}.alloc"].delay(2)
+    assert task_memory(result, timeout=1).state == SUCCESS
+
+
+def test_failure_record_and_gc_after_failure(app):
+    result = app.tasks[f"{app.main}.fail"].apply(args=(4,))
+    assert result.failed()
+    mem = task_memory(result, timeout=1)
+    assert mem.state == FAILURE and mem.exception.startswith("KeyError")
+    assert mem.gc["policy"] == "always" and mem.gc["objects_collected"] > 0
+
+
+def test_three_retries_give_three_retry_records_and_the_final(app):
+    result = app.tasks[f"{app.main}.retry"].apply(args=(3,))
+    assert result.get() == "done"
+    records = task_memories(result, timeout=1)
+    assert [(r.attempt, r.state) for r in records] == [(0, RETRY), (1, RETRY), (2, RETRY), (3, SUCCESS)]
+    assert [r.checkpoints[0]["label"] for r in records] == [f"attempt_{n}" for n in range(4)]
+
+
+def test_cyclic_garbage_shows_in_every_record_under_gc_always(app):
+    instrument(app, gc_policy="always")
+    records = [task_memory(app.tasks[f"{app.main}.cycle"].apply(args=(1,)), timeout=1) for _ in range(3)]
+    assert all(r.gc["collected"] and r.gc["objects_collected"] >= 1 for r in records)
+
+
+def test_default_gc_policy_is_growth_and_cheap(app):
+    mem = task_memory(app.tasks[f"{app.main}.alloc"].apply(args=(1,)), timeout=1)
+    assert mem.gc["policy"] == "growth"
+
+
+def test_concurrent_executions_keep_their_own_state(app):
+    results = []
+    lock = threading.Lock()
+
+    def run(mb):
+        r = app.tasks[f"{app.main}.alloc"].apply(args=(mb,))
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=run, args=(mb,)) for mb in (1, 2, 3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    records = [task_memory(r, timeout=1) for r in results]
+    assert len({r.task_id for r in records}) == 4
+    assert all([c["label"] for c in r.checkpoints] == ["allocated", "library"] for r in records)
+
+
+def test_collector_gathers_eager_records_with_its_run_tag(app):
+    with collect_task_memories(app) as run:
+        app.tasks[f"{app.main}.alloc"].apply(args=(1,))
+        app.tasks[f"{app.main}.retry"].apply(args=(1,))
+    app.tasks[f"{app.main}.alloc"].apply(args=(1,))  # after the block: not collected
+    records = run.records(timeout=1)
+    names = [(r.task_name.rsplit(".", 1)[1], r.state) for r in records]
+    assert names == [("alloc", SUCCESS), ("retry", RETRY), ("retry", SUCCESS)]
+    assert {r.run_tag for r in records} == {run.run_tag}
+
+
+def test_task_memory_times_out_with_a_clear_message(app):
+    with pytest.raises(TaskMemoryTimeout, match="instrument\\(app\\)"):
+        task_memory(app.AsyncResult(str(uuid.uuid4())), timeout=0.05)
+
+
+def test_uninstrument_stops_measuring_and_instrument_is_idempotent(app):
+    fail = app.tasks[f"{app.main}.fail"]  # finalizes the app first: binding a MonitoredTask instruments its app
+    assert instrument(app) is instrumentation(app)
+    assert uninstrument(app) is True
+    assert uninstrument(app) is False
+    result = fail.apply(args=(1,))
+    with pytest.raises(TaskMemoryTimeout):
+        task_memory(result, timeout=0.05)
+    instrument(app)
+
+
+def test_monitored_task_instruments_its_app_when_bound():
+    app = Celery(f"auto-{uuid.uuid4().hex[:6]}", set_as_current=False)
+
+    @app.task(name="t.auto", base=MonitoredTask, bind=True)
+    def auto(self):
+        return self.memory_checkpoint("inside")["label"]
+
+    try:
+        result = auto.apply()
+        assert result.get() == "inside"
+        assert task_memory(result, timeout=1).checkpoints[0]["label"] == "inside"
+    finally:
+        uninstrument(app)
+
+
+def test_options_precedence_arguments_over_app_conf_over_environment(app, monkeypatch):
+    monkeypatch.setenv("MEMGUARD_WARN_PEAK_MB", "100")
+    monkeypatch.setenv("MEMGUARD_OOM_NEAR_PERCENT", "70")
+    app.conf.memguard_warn_peak_mb = 200
+    app.conf.memguard_memory_limit = "2GiB"
+    instr = instrument(app, warn_peak_mb=300)
+    assert instr.settings.warn_peak_mb == 300
+    assert instr.options.memory_limit == 2 << 30
+    assert instr.options.oom_near_percent == 70
+    assert uninstrument(app)
+    assert instrument(app).settings.warn_peak_mb == 200
+
+
+def test_bad_options_name_the_problem(app):
+    with pytest.raises(SettingError, match="unknown memguard option.*gc_polcy"):
+        instrument(app, gc_polcy="always")
+    app.conf.memguard_memory_limit = "lots"
+    with pytest.raises(SettingError, match="memory_limit.*cannot read 'lots'"):
+        instrument(app, warn_peak_mb=1)
+
+
+def test_failure_and_retry_log_lines_follow_the_seed_format(app, caplog):
+    caplog.set_level("INFO", logger="pytest_memguard")
+    result = app.tasks[f"{app.main}.fail"].apply(args=(1,))
+    text = caplog.text
+    assert f"Memory [{app.main}.fail] START: RSS=" in text
+    assert f"Memory [{app.main}.fail] FAILURE (delta=" in text and f"[task_id={result.id}]" in text

@@ -1,0 +1,133 @@
+"""The pieces on their own: records, stores, the WORKER_LOST verdict, the KiB helper, metrics, the launcher."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from billiard.exceptions import WorkerLostError
+from celery import Celery
+
+from pytest_memguard.celery import (
+    WORKER_LOST,
+    RecordStoreError,
+    TaskMemory,
+    WorkerStartError,
+    max_memory_per_child,
+    start_worker_process,
+)
+from pytest_memguard.celery.inflight import signal_from_exception, worker_lost_record
+from pytest_memguard.celery.store import FolderStore, record_key, store_for
+from pytest_memguard.runtime.units import SizeError
+
+
+def sample_record(**changes) -> TaskMemory:
+    fields = dict(task_id="abc", task_name="proj.task", state="SUCCESS", start_mb=40.0, peak_mb=90.0, pool="prefork")
+    return TaskMemory(**{**fields, **changes})
+
+
+def test_task_memory_json_round_trip_and_forward_compatibility():
+    record = sample_record(checkpoints=[{"label": "x", "time_s": 0.1, "rss_mb": 50.0, "peak_mb": 60.0}])
+    assert TaskMemory.from_json(record.to_json()) == record
+    newer = {**json.loads(record.to_json()), "field_from_the_future": 1}
+    assert TaskMemory.from_dict(newer) == record
+    with pytest.raises(ValueError, match="missing state"):
+        TaskMemory.from_dict({"task_id": "a", "task_name": "b"})
+
+
+def test_folder_store_keeps_retries_apart_from_the_final_record(tmp_path):
+    store = FolderStore(tmp_path)
+    store.write(sample_record(state="RETRY", attempt=0))
+    store.write(sample_record(state="SUCCESS", attempt=1))
+    assert store.read(record_key("abc", 0)).state == "RETRY"
+    assert store.read(record_key("abc")).attempt == 1
+    assert store.read(record_key("missing")) is None
+
+
+def test_backend_without_key_value_api_is_refused_with_the_fix():
+    app = Celery("rpc", set_as_current=False, backend="rpc://", broker="memory://")
+    with pytest.raises(RecordStoreError, match="memguard_records_dir"):
+        store_for(app.backend)
+
+
+def test_signal_is_read_from_billiards_message():
+    assert signal_from_exception(WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL) Job: 3.")) == "SIGKILL"
+    assert signal_from_exception(WorkerLostError("Worker exited prematurely: exitcode 1 Job: 3.")) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "oom_before", "oom_now", "last_rss", "expected"),
+    [
+        ("signal 9 (SIGKILL)", 0, 1, 50.0, True),  # the cgroup counted an OOM kill
+        ("signal 9 (SIGKILL)", None, None, 950.0, True),  # last RSS at 95 % of the limit
+        ("signal 9 (SIGKILL)", 0, 0, 50.0, False),
+        ("signal 15 (SIGTERM)", 0, 0, 990.0, False),  # not how the OOM killer kills
+        ("exitcode 1", 0, 0, 50.0, None),
+    ],
+)
+def test_suspected_oom_verdict(message, oom_before, oom_now, last_rss, expected):
+    persisted = {"task_name": "t", "start_mb": 40.0, "peak_mb": last_rss, "last_rss_mb": last_rss, "checkpoints": []}
+    record = worker_lost_record(
+        "id",
+        "t",
+        WorkerLostError(f"Worker exited prematurely: {message} Job: 1."),
+        persisted,
+        oom_kills_before=oom_before,
+        oom_kills_now=oom_now,
+        limit_mb=1000.0,
+        near_percent=90.0,
+    )
+    assert record.state == WORKER_LOST and record.suspected_oom is expected
+
+
+def test_worker_lost_without_persisted_state_says_so():
+    record = worker_lost_record(
+        "id", "t", WorkerLostError("signal 9 (SIGKILL)"), None, oom_kills_before=None, oom_kills_now=None,
+        limit_mb=None, near_percent=90.0,
+    )  # fmt: skip
+    assert record.peak_mb is None and "persisted no state" in record.errors[0]
+
+
+def test_max_memory_per_child_is_kib_with_strict_units():
+    expected = int((4096 - 256) * 0.9 / 4 * 1024)  # MiB -> KiB
+    assert max_memory_per_child("4G", 4) == expected
+    assert max_memory_per_child("4096M", 4) == expected
+    assert max_memory_per_child("4GiB", 4, overhead="256MiB") == expected
+    assert max_memory_per_child("512MiB", 1, overhead=0, headroom_percent=0) == 512 * 1024
+    with pytest.raises(SizeError, match="unknown unit 'GX'"):
+        max_memory_per_child("4GX", 2)
+    with pytest.raises(SizeError, match="leaves nothing"):
+        max_memory_per_child("200M", 2, overhead="256M")
+    with pytest.raises(ValueError, match="concurrency must be a positive integer"):
+        max_memory_per_child("4G", 0)
+
+
+def test_metrics_record_histograms_and_counters():
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from pytest_memguard.celery.metrics import TaskMetrics
+
+    registry = prometheus_client.CollectorRegistry()
+    metrics = TaskMetrics(warn_peak_mb=80, registry=registry)
+    metrics.observe(sample_record(peak_delta_mb=50.0, delta_mb=1.0))
+    metrics.observe(sample_record(state=WORKER_LOST, suspected_oom=True))
+    value = registry.get_sample_value
+    assert value("memguard_task_peak_mb_count", {"task_name": "proj.task"}) == 2
+    assert value("memguard_task_threshold_breaches_total", {"task_name": "proj.task", "kind": "peak"}) == 2
+    assert value("memguard_task_suspected_oom_total", {"task_name": "proj.task"}) == 1
+    assert value("memguard_task_worker_lost_total", {"task_name": "proj.task"}) == 1
+
+
+def test_worker_that_cannot_start_fails_fast_with_its_log(tmp_path):
+    broken = start_worker_process("no_such_module_xyz", pool="solo", ready_timeout=30, log_path=tmp_path / "w.log")
+    with pytest.raises(WorkerStartError, match="before it was ready(.|\n)*no_such_module"), broken:
+        pass
+    with pytest.raises(ValueError, match="pool must be one of"), start_worker_process("fixtures.celery_app", pool="x"):
+        pass
+
+
+def test_the_celery_layer_never_imports_pytest():
+    code = "import sys, pytest_memguard.celery, fixtures.celery_app; print('pytest' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
