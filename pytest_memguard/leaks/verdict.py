@@ -4,7 +4,8 @@ The rule (all must hold, so one-off warm-up growth is never a leak):
 
 * at least :data:`MIN_RUNS` measured runs;
 * the Theil–Sen slope over all runs is above the floor;
-* the slope over the second half is above the floor — a cache that filled in the first runs has stopped by then;
+* the slope over the second half is above the floor (half the floor for RSS, whose steps are coarse) — a cache
+  that filled in the first runs has stopped by then;
 * for the heap, also the median run-to-run difference is above the floor and most differences
   (:attr:`Policy.min_positive_fraction`) are positive: traced heap is exact to the byte, so a real leak grows every
   run. RSS moves in pages and allocator arenas (a 300 KB/run leak shows as a 1 MB step every third run), so for RSS
@@ -29,11 +30,12 @@ class Policy:
     floor_kb: float
     min_positive_fraction: float
     require_median: bool
+    tail_factor: float = 1.0
 
 
 POLICIES: dict[str, Policy] = {
     "heap": Policy(floor_kb=1.0, min_positive_fraction=0.6, require_median=True),
-    "rss": Policy(floor_kb=256.0, min_positive_fraction=0.3, require_median=False),
+    "rss": Policy(floor_kb=256.0, min_positive_fraction=0.2, require_median=False, tail_factor=0.5),
 }
 
 
@@ -78,7 +80,7 @@ def judge(samples: Sequence[float], metric: str = "heap", *, floor_kb: float | N
         reason = f"only {est.runs} runs, need {MIN_RUNS}"
     elif est.slope <= floor:
         reason = f"below the {floor / 1024:g} KB/run floor"
-    elif est.tail_slope <= floor:
+    elif est.tail_slope <= floor * policy.tail_factor:
         reason = "growth stopped (warm-up)"
     elif policy.require_median and est.median_diff <= floor:
         reason = "growth not in most runs (warm-up)"
