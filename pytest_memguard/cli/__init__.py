@@ -21,7 +21,7 @@ from importlib import import_module
 from .usage import EXIT_USAGE, CliParser, UsageError
 
 # Module names under pytest_memguard.cli, in the order ``memguard --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("report", "watch", "compare")
+SUBCOMMANDS: tuple[str, ...] = ("report", "watch", "html", "compare")
 
 PROG = "memguard"
 
