@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from .system_info import percent_of
+from .usage import redact_secrets
 
 # A celery command line with the ``worker`` subcommand after it: ``celery -A proj worker``, ``python -m celery
 # worker``; not ``celery beat`` or ``celery flower``.
@@ -45,7 +46,7 @@ class WorkerProcess:
     main_pid: int
     role: str
     name: str
-    cmdline: str
+    cmdline: str  # URL passwords replaced by ***
     rss_bytes: int | None
     uss_bytes: int | None
     percent_of_limit: float | None
@@ -132,7 +133,7 @@ def describe(
         with proc.oneshot():
             rss = int(proc.memory_info().rss)
             name = proc.name()
-            cmdline = " ".join(proc.cmdline())
+            cmdline = redact_secrets(" ".join(proc.cmdline()))  # e.g. -b redis://:secret@host: never kept
             ppid = proc.ppid()
             created = proc.create_time()
             if proc.status() == psutil.STATUS_ZOMBIE:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
+import time
 import uuid
 
 import psutil
@@ -118,6 +120,26 @@ def test_default_pattern_finds_celery_workers_and_not_the_test_process(capsys, c
     pids = {p["pid"] for p in data["workers"]["processes"]}
     assert {celery_worker.main_pid, *celery_worker.child_pids} <= pids
     assert not {p.pid for p in psutil.Process().parents()} & pids
+
+
+def test_a_password_in_a_worker_command_line_is_never_printed(capsys, tmp_path):
+    marker = f"memguard-secret-{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, "-c", "import time; time.sleep(30)", marker, "-b", "redis://:hunter2pw@broker:6379/0"]
+    proc = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 10
+        while marker not in " ".join(psutil.Process(proc.pid).cmdline()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        code, data = report_json(capsys, "--workers", marker)
+        assert main(["report", "--workers", marker]) == 0
+        text = capsys.readouterr().out
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    assert [p["pid"] for p in data["workers"]["processes"]] == [proc.pid]
+    assert "redis://:***@broker:6379/0" in data["workers"]["processes"][0]["cmdline"]
+    assert f"{proc.pid}: " in text  # the command line is shown (cut at 100 characters)
+    assert "hunter2pw" not in json.dumps(data) + text
 
 
 def test_no_matching_worker_is_reported_as_none_found(capsys):
