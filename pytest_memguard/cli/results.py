@@ -7,29 +7,8 @@ command. (``memguard compare`` flattens the same files into baseline entries:
 :mod:`pytest_memguard.baseline.results`; baselines themselves are read by :mod:`pytest_memguard.baseline.format`,
 here as everywhere.)
 
-Results (``"kind": "memguard-results"``, optional; all sizes MB = 2**20 bytes; ``null`` or absent = unknown)::
-
-    {"version": 1,
-     "tests": [{"nodeid": str,
-                "peak_mb": number,    # peak RSS above the test's start
-                "delta_mb": number,   # RSS at the end minus at the start
-                "rss_mb": number,     # absolute peak RSS
-                "budget": {"peak_mb"?: number, "delta_mb"?: number, "rss_mb"?: number},
-                "outcome": "passed" | "failed" | "skipped" | "error" | ...,
-                "tasks": [TASK, ...]}],          # Celery task records made during the test
-     "tasks": [TASK, ...]}                       # every task record of the session
-
-    TASK = {"task_id": str, "task_name": str, "state": str,
-            "peak_mb": number,        # absolute peak RSS during the task
-            "delta_mb": number,       # finish minus start
-            "peak_delta_mb": number,  # peak minus start
-            "start_mb": number, "finish_mb": number, "duration_s": number,
-            "checkpoints": [{"label": str, "time_s": number, "rss_mb": number}, ...]}
-
-Baseline::
-
-    {"version": 1, "kind": "memguard-baseline",
-     "entries": {NAME: {"peak_mb": number, "delta_mb": number, "rss_mb": number}, ...}}
+The two formats (results, ``"kind": "memguard-results"`` optional, and baselines) are documented in
+:mod:`pytest_memguard.cli.html`, whose input they are, and in the README section "The memguard command".
 """
 
 from __future__ import annotations

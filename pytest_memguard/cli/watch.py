@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -309,12 +309,11 @@ def summary_lines(watcher: Watcher, elapsed_s: float) -> list[str]:
 
 def watch(
     watcher: Watcher,
-    display,
+    display: LinePrinter | LiveTable,
     *,
     interval_s: float,
     once: bool = False,
     duration_s: float | None = None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Tick on a fixed schedule (no drift from slow reads) until --once, --duration, Ctrl-C or, when watching
     explicit pids, until every one of them has exited."""
@@ -332,7 +331,7 @@ def watch(
             next_at = start + n * interval_s
             if duration_s is not None and next_at - start > duration_s + 1e-9:
                 break
-            sleep(max(0.0, next_at - time.monotonic()))
+            time.sleep(max(0.0, next_at - time.monotonic()))
     except KeyboardInterrupt:
         pass
     finally:
