@@ -115,9 +115,11 @@ def _int(config: pytest.Config, name: str, default: int, *, minimum: int) -> int
     try:
         number = int(str(value).strip())
     except ValueError:
-        raise pytest.UsageError(f"{flag} / ini {name}: expected a whole number, got {value!r}") from None
+        raise pytest.UsageError(
+            f"pytest-memguard: {flag} / ini {name}: expected a whole number, got {value!r}"
+        ) from None
     if number < minimum:
-        raise pytest.UsageError(f"{flag} / ini {name}: must be >= {minimum}, got {number}")
+        raise pytest.UsageError(f"pytest-memguard: {flag} / ini {name}: must be >= {minimum}, got {number}")
     return number
 
 

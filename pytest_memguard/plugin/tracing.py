@@ -41,6 +41,7 @@ _STDLIB_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[key]) + os.sep for k
 _LIBRARY_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[key]) + os.sep for key in ("purelib", "platlib")})
 
 STACK_DEPTH = 3  # frames shown under each site
+MIN_SITE_BYTES = 1024  # smaller sites are noise next to budgets in MB (and include harness work the frame limit hid)
 
 
 def _short(filename: str, lineno: int) -> str:
@@ -103,7 +104,7 @@ class SiteReport:
         shown = self.sites[:limit]
         lines = [f"{self.title} (traced Python heap {format_bytes(self.traced_bytes)}):"]
         if not shown:
-            lines.append("  (no allocation site outside pytest/memguard grew)")
+            lines.append("  (no allocation site outside pytest/memguard grew by 1 KB or more)")
         lines.extend(site.render() for site in shown)
         if len(self.sites) > limit:
             lines.append(f"  ... {len(self.sites) - limit} more site(s); -v shows more")
@@ -188,7 +189,7 @@ def group_sites(snapshot: tracemalloc.Snapshot, baseline: tracemalloc.Snapshot |
     accumulate(_raw_traces(snapshot), 1)
     if baseline is not None:
         accumulate(_raw_traces(baseline), -1)
-    grown = [site for site in sites.values() if site.size > 0]
+    grown = [site for site in sites.values() if site.size >= MIN_SITE_BYTES]
     grown.sort(key=lambda site: site.size, reverse=True)
     return grown
 

@@ -9,8 +9,10 @@ NO_MEMRAY = ("-p", "no:memray", "-p", "no:cacheprovider")
 
 
 @pytest.fixture
-def run(pytester: pytest.Pytester):
-    """Run pytest in a subprocess without pytest-memray (unless ``memray=True``)."""
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """Run pytest in a subprocess without pytest-memray (unless ``memray=True``), on a wide terminal so the short
+    summary lines are not cut."""
+    monkeypatch.setenv("COLUMNS", "250")
 
     def _run(*args: str, memray: bool = False) -> pytest.RunResult:
         extra = ("-p", "no:cacheprovider") if memray else NO_MEMRAY
