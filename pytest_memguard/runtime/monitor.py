@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from .cgroup import current_cgroup_memory
 from .config import MonitorSettings, default_settings
 from .probes import PEAK_SOURCE_KERNEL, PeakSampler, get_probe, sampled_source
-from .system import cached_effective_limit_bytes, process_percent, system_usage
+from .system import cached_effective_limit_bytes, process_percent, recent_system_usage, system_usage
 from .units import MB, format_mb
 
 logger = logging.getLogger("pytest_memguard")
@@ -536,7 +536,7 @@ class MemoryMonitor:
         try:
             if peak is None:
                 peak = rss
-            usage = system_usage()
+            usage = recent_system_usage()
             pct = process_percent(rss)
             fields = {
                 "event": label.split(" ", 1)[0].split(":", 1)[0].lower(),

@@ -63,6 +63,24 @@ def system_usage() -> dict:
         return {"total_mb": None, "available_mb": None, "used_percent": None, "source": "unknown"}
 
 
+_USAGE_TTL_S = 1.0
+_usage_cache: tuple[float, int, dict | None] = (0.0, 0, None)
+
+
+def recent_system_usage(max_age_s: float = _USAGE_TTL_S) -> dict:
+    """:func:`system_usage`, re-read at most every ``max_age_s`` per process.
+
+    Why: log lines show ``System=…%`` twice per task, and a fresh reading (psutil plus a few cgroup files) costs
+    ~100 µs, more than a no-op Celery task's whole budget. A system-wide percentage a second old is still true."""
+    global _usage_cache
+    now = time.monotonic()
+    stamp, pid, value = _usage_cache
+    if value is None or now - stamp > max_age_s or pid != os.getpid():
+        value = system_usage()
+        _usage_cache = (now, os.getpid(), value)
+    return value
+
+
 def _host_total() -> int | None:
     try:
         import psutil
