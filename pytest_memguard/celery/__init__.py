@@ -47,7 +47,7 @@ This package never imports pytest.
 from .backend import FILE_BACKEND, AtomicFilesystemBackend, file_backend_url
 from .collect import TaskMemoryCollector, TaskMemoryTimeout, collect_task_memories, task_memories, task_memory
 from .embedded import embedded_app_config
-from .instrument import Instrumentation, instrument, instrumentation, running_tasks, uninstrument
+from .lifecycle import Instrumentation, instrument, instrumentation, running_tasks, uninstrument
 from .limits import max_memory_per_child
 from .options import CeleryOptions
 from .records import FAILURE, RETRY, SUCCESS, TERMINAL_STATES, WORKER_LOST, TaskMemory

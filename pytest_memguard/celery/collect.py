@@ -32,7 +32,7 @@ class TaskMemoryTimeout(TimeoutError):
 
 
 def _records_dir(app) -> str | None:
-    from .instrument import instrumentation
+    from .lifecycle import instrumentation
     from .options import resolve_options
 
     instr = instrumentation(app) if app is not None else None
@@ -165,7 +165,7 @@ def active_run_tag() -> str | None:
 def _on_before_publish(sender=None, headers=None, **_):
     if headers is None:
         return
-    from .instrument import current_run
+    from .lifecycle import current_run
 
     if current_run.get() is not None:
         return  # sent by a running task: the worker side notes it as a child

@@ -23,6 +23,7 @@ Celery-layer options (environment variable, default):
   collection per failure, which is rare by nature.
 - ``log_level`` (``MEMGUARD_LOG_LEVEL``, ``INFO``): level of the START/checkpoint/FINISH lines.
 - ``metrics`` (``MEMGUARD_METRICS``, off): Prometheus metrics (needs the ``prometheus`` extra).
+- ``auto_instrument`` (``MEMGUARD_AUTO_INSTRUMENT``, on): a ``MonitoredTask`` instruments its app when bound.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class CeleryOptions:
     gc_after_failure: bool = True
     log_level: int = logging.INFO
     metrics: bool = False
+    auto_instrument: bool = True
 
     def __post_init__(self) -> None:
         if not self.inflight_dir:
@@ -76,7 +78,7 @@ KNOWN_OPTIONS = frozenset(_CELERY_OPTION_NAMES | _MONITOR_SETTING_NAMES)
 def _coerce_celery_option(name: str, value: Any, source: str) -> Any:
     if value is None:
         return None
-    if name in ("records", "gc_after_failure", "metrics"):
+    if name in ("records", "gc_after_failure", "metrics", "auto_instrument"):
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()

@@ -11,19 +11,25 @@ from __future__ import annotations
 from celery import Task
 
 from ..runtime.monitor import checkpoint, current_monitor
-from .instrument import instrument, instrumentation
+from .lifecycle import instrument, instrumentation
+from .options import resolve_options
 
 
 class MonitoredTask(Task):
     """A Celery task measured by ``pytest_memguard.celery``; see the module docstring."""
 
-    #: Instrument the app this task is bound to (with options from ``app.conf``/environment) if it is not yet.
+    #: Instrument the app this task is bound to (with options from ``app.conf``/environment) if it is not yet;
+    #: ``app.conf.memguard_auto_instrument = False`` (or ``MEMGUARD_AUTO_INSTRUMENT=0``) turns that off per app.
     memguard_auto_instrument = True
 
     @classmethod
     def on_bound(cls, app) -> None:
         super().on_bound(app)
-        if cls.memguard_auto_instrument and instrumentation(app) is None:
+        if (
+            cls.memguard_auto_instrument
+            and instrumentation(app) is None
+            and resolve_options(app, {})[0].auto_instrument
+        ):
             instrument(app)
 
     def memory_checkpoint(self, label: str) -> dict | None:

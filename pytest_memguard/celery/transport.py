@@ -40,6 +40,7 @@ DEFAULT_POLLING_INTERVAL_S = 0.05
 _TMP = ".tmp"
 _CLAIMED = ".claimed"
 _counter = itertools.count()
+_known_dirs: set[str] = set()  # .tmp folders already created (a makedirs per write would cost a syscall)
 
 
 def _unique_sortable_name(queue: str) -> str:
@@ -54,9 +55,16 @@ def atomic_write(folder: str | os.PathLike, name: str, data: bytes) -> str:
     The temp file lives in ``folder/.tmp`` (same filesystem, so the rename is atomic) under a name unique to this
     process and call, so concurrent writers of the same name never clash: the last rename wins whole."""
     tmp_dir = os.path.join(folder, _TMP)
-    os.makedirs(tmp_dir, exist_ok=True)
     tmp_path = os.path.join(tmp_dir, f"{name}.{os.getpid()}.{next(_counter)}")
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    if tmp_dir not in _known_dirs:
+        os.makedirs(tmp_dir, exist_ok=True)
+        _known_dirs.add(tmp_dir)
+    try:
+        fd = os.open(tmp_path, flags, 0o644)
+    except FileNotFoundError:  # the folder was removed since we created it
+        os.makedirs(tmp_dir, exist_ok=True)
+        fd = os.open(tmp_path, flags, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -74,6 +82,8 @@ class Channel(filesystem.Channel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pending: dict[str, deque[str]] = {}
+        self._listed_at = float("-inf")
+        self._relist_s = getattr(self.connection, "polling_interval", None) or DEFAULT_POLLING_INTERVAL_S
         self._table_lock = threading.Lock()
         for folder in {self.data_folder_in, self.data_folder_out}:
             os.makedirs(os.path.join(folder, _TMP), exist_ok=True)
@@ -88,16 +98,29 @@ class Channel(filesystem.Channel):
             raise ChannelError(f"Cannot add a message to queue {queue!r} in {self.data_folder_out!r}: {exc}") from exc
 
     def _candidates(self, queue: str) -> deque[str]:
+        """Names of ``queue``'s messages, oldest first, from one listing of the folder shared by every queue.
+
+        An empty queue (the worker's pidbox, an idle queue) must not relist the folder on every poll: with a
+        backlog of thousands of files that listing is the whole cost of a ``_get``. So the folder is listed at
+        most once per polling interval for queues with nothing pending (the latency a poll has anyway)."""
         pending = self._pending.get(queue)
-        if not pending:
-            suffix = f".{queue}.msg"
-            try:
-                names = os.listdir(self.data_folder_in)
-            except FileNotFoundError:
-                names = []
-            pending = deque(sorted(n for n in names if n.partition(".")[2] == suffix[1:]))
-            self._pending[queue] = pending
-        return pending
+        if pending:
+            return pending
+        now = time.monotonic()
+        if now - self._listed_at < self._relist_s:
+            return pending if pending is not None else deque()
+        self._listed_at = now
+        try:
+            names = sorted(os.listdir(self.data_folder_in))
+        except FileNotFoundError:
+            names = []
+        by_queue: dict[str, deque[str]] = {}
+        for name in names:
+            rest = name.partition(".")[2]
+            if rest.endswith(".msg"):
+                by_queue.setdefault(rest[:-4], deque()).append(name)
+        self._pending = by_queue
+        return by_queue.get(queue) or deque()
 
     def _get(self, queue):
         pending = self._candidates(queue)
@@ -123,6 +146,7 @@ class Channel(filesystem.Channel):
 
     def _purge(self, queue):
         self._pending.pop(queue, None)
+        self._listed_at = float("-inf")
         return super()._purge(queue)
 
     # -- exchange tables -------------------------------------------------------------------------------------
