@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -37,13 +38,15 @@ for _ in range(60):
 time.sleep(30)
 """
 
-# After 0.4 s starts a child that grows like GROWER for 1.2 s and exits; then idles.
+# Once the file named by argv[1] exists, starts a child that grows like GROWER for 1.2 s and exits; then exits
+# itself 0.5 s later (so a watch of its pid ends on its own).
 PARENT = f"""
-import subprocess, sys, time
-time.sleep(0.4)
+import os, subprocess, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.02)
 child = subprocess.Popen([sys.executable, "-c", {GROWER.replace("range(60)", "range(12)").replace("30", "0")!r}])
 child.wait()
-time.sleep(30)
+time.sleep(0.5)
 """
 
 
@@ -64,8 +67,8 @@ def python_process():
     """Start ``python -c CODE`` processes; all are stopped after the test."""
     started: list[subprocess.Popen] = []
 
-    def start(code: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    def start(code: str, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
         started.append(proc)
         return proc
 
@@ -103,26 +106,50 @@ def test_short_duration_run_prints_timestamped_ticks_and_a_summary(celery_worker
         assert len([t for t in ticks if int(t["tick"]) == n]) == 3
     stamps = sorted({t["stamp"] for t in ticks})
     assert len(stamps) == len(numbers)
-    assert rest[0].startswith(f"memguard watch summary: {len(numbers)} ticks over 1.0s, 3 processes")
+    # Elapsed is to the end of the last tick (1.0 s plus its reading, more on a loaded machine).
+    assert re.fullmatch(rf"memguard watch summary: {len(numbers)} ticks over 1\.\ds, 3 processes", rest[0])
     assert rest[1].split() == ["PID", "ROLE", "START", "END", "PEAK", "CHANGE", "NOTE"]
     summary_pids = [int(line.split()[0]) for line in rest[2:]]
     assert summary_pids == [celery_worker.main_pid, *celery_worker.child_pids]
     assert all(line.endswith("running") for line in rest[2:])
 
 
-def test_growing_child_that_appears_and_exits_is_flagged_and_summarised(python_process):
-    parent = python_process(PARENT)
-    result = run_cli("watch", "0.2", "--duration", "2.4", "--pid", str(parent.pid))
-    assert result.returncode == 0, result.stderr
-    ticks, rest = parse_lines(result.stdout)
+def watch_until_it_ends(*args: str, after_first_tick: Callable[[subprocess.Popen], object]) -> tuple[int, str, str]:
+    """Run ``memguard watch ARGS`` (not on a terminal); once tick 0 is printed call ``after_first_tick(process)``,
+    then wait (bounded) for the watch to end by itself. Returns (exit status, stdout, stderr)."""
+    watch = subprocess.Popen(
+        cli_command("watch", *args), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        first = watch.stdout.readline()
+        after_first_tick(watch)
+        out, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(timeout=5)
+    return watch.returncode, first + out, err
+
+
+def test_growing_child_that_appears_and_exits_is_flagged_and_summarised(python_process, tmp_path):
+    go = tmp_path / "go"
+    parent = python_process(PARENT, str(go))
+    # The child may appear only after tick 0; no --duration: the watch ends once the parent has exited.
+    code, out, err = watch_until_it_ends("0.2", "--pid", str(parent.pid), after_first_tick=lambda _: go.touch())
+    assert code == 0, err
+    ticks, rest = parse_lines(out)
+    assert (ticks[0]["tick"], ticks[0]["pid"], ticks[0]["role"]) == ("0", str(parent.pid), "main")
     child_rows = [t for t in ticks if t["role"] == "child"]
-    assert child_rows, result.stdout
+    assert child_rows, out
     child = child_rows[0]["pid"]
     states = [t["state"] for t in child_rows]
     assert states[0] == "new"
     assert states[-1] == "exited"
     assert f"leak?_+{LEAK_TICKS}_ticks" in states  # grew on 3 ticks in a row
-    assert [t["role"] for t in ticks if t["pid"] == str(parent.pid)] == ["main"] * len({t["tick"] for t in ticks})
+    parent_rows = [t for t in ticks if t["pid"] == str(parent.pid)]
+    assert {t["role"] for t in parent_rows} == {"main"}
+    assert parent_rows[-1]["state"] == "exited"
+    assert "exited at +" in next(line for line in rest if line.split()[0] == str(parent.pid))
     summary = next(line for line in rest if line.split()[0] == child)
     assert "appeared at +" in summary and "exited at +" in summary and "leak suspect: grew" in summary
     start, end, peak = (float(v.rstrip("MB")) for v in summary.split()[2:5])
@@ -130,54 +157,33 @@ def test_growing_child_that_appears_and_exits_is_flagged_and_summarised(python_p
 
 
 def test_sigint_ends_the_watch_with_a_summary(celery_worker):
-    proc = subprocess.Popen(
-        cli_command("watch", "0.2", "--pattern", celery_worker.name),
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = proc.stdout.readline()
-        assert LINE_RE.match(first.strip()), first
+    def interrupt(watch: subprocess.Popen) -> None:
         time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        watch.send_signal(signal.SIGINT)
+
+    code, out, err = watch_until_it_ends("0.2", "--pattern", celery_worker.name, after_first_tick=interrupt)
+    assert code == 0, err
     assert "Traceback" not in err
+    assert LINE_RE.match(out.splitlines()[0])
     assert "memguard watch summary:" in out
     assert str(celery_worker.main_pid) in out.split("memguard watch summary:")[1]
 
 
 def test_sigterm_ends_the_watch_with_a_summary_too(python_process):
     target = python_process("import time; time.sleep(30)")
-    proc = subprocess.Popen(
-        cli_command("watch", "0.2", "--pid", str(target.pid)),
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        proc.stdout.readline()
-        proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0
+    code, out, _ = watch_until_it_ends("0.2", "--pid", str(target.pid), after_first_tick=subprocess.Popen.terminate)
+    assert code == 0
     assert "memguard watch summary:" in out
 
 
-def test_watching_pids_ends_when_they_have_all_exited(python_process):
-    target = python_process("import time; time.sleep(0.5)")
-    result = run_cli("watch", "0.2", "--pid", str(target.pid), timeout=15)
-    assert result.returncode == 0
-    ticks, rest = parse_lines(result.stdout)
+def test_watching_pids_ends_when_they_have_all_exited(python_process, tmp_path):
+    go = tmp_path / "go"
+    target = python_process("import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.02)", str(go))
+    # The target exits after tick 0; no --duration: the watch must end by itself.
+    code, out, _ = watch_until_it_ends("0.2", "--pid", str(target.pid), after_first_tick=lambda _: go.touch())
+    assert code == 0
+    ticks, rest = parse_lines(out)
+    assert ticks[0]["state"] == "running"
     assert ticks[-1]["state"] == "exited"
     assert "exited at +" in rest[-1]
 
