@@ -33,7 +33,6 @@ _HOW = "use rss=SIZE, total=SIZE, percent=N and/or system=N, comma-separated, e.
 class Threshold:
     key: str
     limit: float  # bytes for rss/total, percent for percent/system
-    text: str  # as the user wrote it, for messages
 
 
 @dataclass
@@ -78,7 +77,7 @@ def parse_fail_above(specs: Iterable[str]) -> list[Threshold]:
                 limit = _parse_percent(key, value)
             else:
                 raise UsageError(f"--fail-above: unknown key {key!r} in {part!r}; {_HOW}")
-            thresholds[key] = Threshold(key=key, limit=limit, text=value.strip())
+            thresholds[key] = Threshold(key=key, limit=limit)
     return list(thresholds.values())
 
 

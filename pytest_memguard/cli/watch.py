@@ -58,7 +58,6 @@ class Track:
     pid: int
     role: str
     main_pid: int
-    name: str
     first_rss: int
     first_seen: float  # wall-clock time
     appeared_late: bool  # not there at the first tick
@@ -67,7 +66,6 @@ class Track:
     peak_rss: int = 0
     streak: int = 0  # consecutive ticks with RSS above the previous tick's
     max_streak: int = 0
-    ticks: int = 1
     alive: bool = True
     gone_at: float | None = None
     history: deque = field(default_factory=lambda: deque(maxlen=TREND_POINTS))
@@ -81,7 +79,6 @@ class Track:
         self.peak_rss = max(self.peak_rss, rss)
         self.streak = self.streak + 1 if rss > self.prev_rss else 0
         self.max_streak = max(self.max_streak, self.streak)
-        self.ticks += 1
         self.history.append(rss)
 
     @property
@@ -129,7 +126,6 @@ class Watcher:
                         continue
                     key = (proc.pid, proc.create_time())
                     rss = int(proc.memory_info().rss)
-                    name = proc.name()
             except psutil.Error:  # exited between listing and reading
                 continue
             seen.add(key)
@@ -139,7 +135,6 @@ class Watcher:
                     pid=proc.pid,
                     role=item.role,
                     main_pid=item.main_pid,
-                    name=name,
                     first_rss=rss,
                     first_seen=now,
                     appeared_late=self.ticks > 0,

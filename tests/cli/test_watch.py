@@ -257,7 +257,7 @@ def test_sparkline_scales_between_the_window_min_and_max():
 
 
 def test_track_streak_counts_only_consecutive_growth():
-    track = Track(pid=1, role="main", main_pid=1, name="x", first_rss=100, first_seen=0.0, appeared_late=False)
+    track = Track(pid=1, role="main", main_pid=1, first_rss=100, first_seen=0.0, appeared_late=False)
     for rss in (110, 120, 130):
         track.update(rss)
     assert track.streak == 3 and track.leak_suspect
