@@ -58,7 +58,7 @@ class CallOutcome:
             f"rss peak {_mb(f.rss_mb)} ({f.peak_source})"
         ]
         if f.children_mb is not None:
-            lines.append(f"children: peak {_mb(f.children_mb)} RSS (counted in peak and rss)")
+            lines.append(f"children: peak {_mb(f.children_mb)} private (counted in peak and rss)")
         for result in self.results:
             lines.append(result.line())
             origin = getattr(getattr(result, "limit", None), "origin", "")

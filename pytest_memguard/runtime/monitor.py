@@ -260,10 +260,10 @@ class MemoryMonitor:
         return self
 
     def _start_children(self) -> None:
-        from .children import children_rss_bytes, reaped_children_maxrss_bytes
+        from .children import children_private_bytes, reaped_children_maxrss_bytes
 
         self._children_rusage_start = reaped_children_maxrss_bytes()
-        sampler = self._sampler("children", children_rss_bytes)
+        sampler = self._sampler("children", children_private_bytes)
         self._sampler_keys.append((sampler, sampler.add(self._fold_children)))
         sampler.sample_now()
 
@@ -423,16 +423,19 @@ class MemoryMonitor:
         reaped_now = reaped_children_maxrss_bytes()
         reaped_peak = None
         # RUSAGE_CHILDREN's maxrss is the largest waited-for child ever; if it rose, a child reaped during this
-        # monitor reached that size (exact, even for a spike the sampler missed).
+        # monitor reached that RSS (exact, even for a spike the sampler missed). A forked child's RSS includes the
+        # pages it shares with this process, so at most our RSS at the start is subtracted: a lower bound of its
+        # private peak, never the double count that summing RSS would give.
         start = self._children_rusage_start
         if reaped_now is not None and start is not None and reaped_now > start:
-            reaped_peak = reaped_now
+            reaped_peak = max(reaped_now - (self._start_rss or 0), 0)
         peak = max(self._children_peak, reaped_peak or 0)
         return {
             "peak_mb": _mb(peak),
             "sampled_peak_mb": _mb(self._children_peak),
             "reaped_peak_mb": _mb(reaped_peak),
             "total_peak_mb": _mb((self._peak or 0) + peak),
+            "measure": "private (USS)",
             "source": f"{sampled_source(self.settings.sample_interval_ms / 1000.0)}+rusage",
         }
 

@@ -32,7 +32,7 @@ def test_forked_child_counts_only_with_children_option(pytester, run):
     result.stdout.re_match_lines(
         [r"memory budget exceeded: peak 2\d\d\.\dMB above start > max_peak_mb 150\.0MB \(kernel-hwm\+children .*\)"]
     )
-    result.stdout.fnmatch_lines(["children: peak 2*MB RSS (counted in peak and rss)"])
+    result.stdout.fnmatch_lines(["children: peak 2*MB private (counted in peak and rss)"])
 
 
 def test_children_ini_key(pytester, run):
