@@ -45,6 +45,7 @@ class ProcessProbe:
         self._lock = threading.Lock()
         self._statm_fd: int | None = None
         self._clear_refs_fd: int | None = None
+        self._status_fd: int | None = None
         self._psutil_process = None
         self._use_status_for_hwm = False
         self.hwm_usable = False
@@ -71,16 +72,17 @@ class ProcessProbe:
             os.close(fd)
             return False, f"resetting the high-water mark was refused ({exc.strerror or exc})"
         self._clear_refs_fd = fd
-        # After a reset, getrusage must report about the current RSS. Where it does not (an older kernel, or a
-        # larger maximum inherited through exec that the reset cannot lower), ru_maxrss is not the resettable mark
-        # and we read VmHWM from /proc/self/status instead.
+        # After a reset, getrusage must report about the current RSS. Where it does not, ru_maxrss is not the
+        # resettable mark and we read VmHWM from /proc/self/status instead. The common cause: the kernel keeps the
+        # high-water mark of the image a process replaced by exec, so a worker that a large process started
+        # (vfork + exec, as subprocess does) reports the parent's size as its maxrss for ever.
         rss = self.rss_bytes()
         maxrss = self._ru_maxrss()
         self._use_status_for_hwm = rss is None or maxrss is None or maxrss > rss + 8 * (1 << 20)
         return True, None
 
     def _close(self) -> None:
-        for name in ("_statm_fd", "_clear_refs_fd"):
+        for name in ("_statm_fd", "_clear_refs_fd", "_status_fd"):
             fd = getattr(self, name, None)
             if fd is not None:
                 try:
@@ -141,16 +143,20 @@ class ProcessProbe:
         except (OSError, ValueError):
             return None
 
-    @staticmethod
-    def _status_hwm() -> int | None:
+    def _status_hwm(self) -> int | None:
+        """VmHWM from a kept-open ``/proc/self/status`` (~4 us with ``pread``, ~13 us opening and parsing lines)."""
+        fd = self._status_fd
+        if fd is None:
+            try:
+                fd = self._status_fd = os.open("/proc/self/status", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return None
         try:
-            with open("/proc/self/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-        return None
+            data = os.pread(fd, 8192, 0)
+            start = data.index(b"VmHWM:") + 6
+            return int(data[start : data.index(b"kB", start)]) * 1024
+        except (OSError, ValueError):
+            return None
 
     def hwm_bytes(self) -> int | None:
         """The kernel's high-water mark of RSS since the last :meth:`reset_hwm` (or process start)."""

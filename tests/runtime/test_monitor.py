@@ -376,3 +376,31 @@ def test_probe_follows_a_forked_child():
     # The child read its own statm (it saw its 80 MiB); a stale descriptor would have read the parent's.
     assert child_rss_minus_buf < parent_rss + 8 * MB
     assert child_rss_minus_buf > 0
+
+
+CHILD_SPIKE = """
+import json
+from pytest_memguard.runtime import MemoryMonitor
+from pytest_memguard.runtime.probes import get_probe
+with MemoryMonitor("child") as m:
+    buf = bytearray(60 * 2**20)
+    del buf
+print(json.dumps({"peak_delta_mb": m.measurement.peak_delta_mb, "status": get_probe()._use_status_for_hwm,
+                  "source": m.measurement.peak_source}))
+"""
+
+
+@needs_kernel_mark
+def test_a_process_started_by_a_large_parent_still_measures_its_own_true_peak():
+    # The kernel keeps the replaced image's high-water mark in getrusage after exec: a worker launched by a big
+    # process reads that figure for ever. The probe notices and reads VmHWM instead.
+    import json
+    import subprocess
+    import sys
+
+    ballast = bytearray(400 * MB)
+    out = subprocess.run([sys.executable, "-c", CHILD_SPIKE], capture_output=True, text=True, timeout=60, check=True)
+    del ballast
+    figures = json.loads(out.stdout)
+    assert figures["source"] == PEAK_SOURCE_KERNEL
+    assert abs(figures["peak_delta_mb"] - 60) < 1, figures
