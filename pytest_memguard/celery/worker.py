@@ -9,6 +9,7 @@ shutdown), then SIGKILL to the whole process group after ``shutdown_timeout``. T
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .launch import READY_ENV
+from .launch import CONFIG_ENV, READY_ENV
 
 POOLS = ("prefork", "solo", "threads", "gevent", "eventlet")
 
@@ -118,6 +119,7 @@ def start_worker_process(
     loglevel: str = "INFO",
     env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    config: Mapping[str, object] | None = None,
     log_path: str | os.PathLike | None = None,
     hostname: str | None = None,
     cwd: str | os.PathLike | None = None,
@@ -128,7 +130,8 @@ def start_worker_process(
 
     ``app_path`` is what ``-A`` takes (``"fixtures.celery_app"``). ``broker``/``backend`` override the app's (Celery's
     ``-b``/``--result-backend``); ``env`` is added to this process's environment; ``extra_args`` go after the
-    worker options (e.g. ``["--max-memory-per-child", "200000"]``).
+    worker options (e.g. ``["--max-memory-per-child", "200000"]``); ``config`` (JSON-able Celery settings) is
+    applied to the worker's app before it connects (``"memguard_instrument": True`` also instruments it).
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}; got {pool!r}")
@@ -152,6 +155,8 @@ def start_worker_process(
         extra_args=extra_args,
     )
     child_env = {**os.environ, **(env or {}), READY_ENV: str(ready_file)}
+    if config:
+        child_env[CONFIG_ENV] = json.dumps(dict(config))
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
             argv,
