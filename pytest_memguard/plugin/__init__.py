@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from . import celery_fixtures, gating
 from .budgets import Budget, BudgetError, BudgetSet, Limit, ResolvedBudget, resolve_item_budget
+from .celery_options import add_celery_options
 from .manager import MANAGER_NAME, Manager
 from .markers import MARKER_HELP, MEMRAY_MARKER_HELP, BudgetResult, Figures, judge, judge_task_record
 from .options import add_options, read_options
@@ -32,6 +34,8 @@ __all__ = [
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    add_celery_options(parser)
+    gating.add_options(parser)
 
 
 def _memray_active(config: pytest.Config) -> bool:
@@ -48,9 +52,12 @@ def pytest_configure(config: pytest.Config) -> None:
             config.addinivalue_line("markers", line)
     manager = Manager(config, read_options(config), honor_memray=honor_memray)
     config.pluginmanager.register(manager, MANAGER_NAME)
+    celery_fixtures.configure(config, manager)  # Celery fixtures; Celery itself is imported only when used
+    gating.configure(config, manager)  # baseline gate, leak hunt, line profiles (issue 6)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    celery_fixtures.unconfigure(config)
     manager = config.pluginmanager.get_plugin(MANAGER_NAME)
     if manager is not None:
         config.pluginmanager.unregister(manager, MANAGER_NAME)

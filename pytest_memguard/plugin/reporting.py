@@ -107,31 +107,53 @@ class CallOutcome:
         return props
 
 
-def task_record_dict(nodeid: str, record: Any, results: list[BudgetResult]) -> dict:
-    return {
-        "nodeid": nodeid,
-        "task_name": record.task_name,
-        "task_id": getattr(record, "task_id", None),
-        "peak_mb": record.peak_delta_mb,
-        "delta_mb": record.delta_mb,
-        "rss_mb": record.peak_mb,
-        "peak_source": getattr(record, "peak_source", None),
-        "exceeded": [r.line() for r in results if r.exceeded],
-        "results": [r.as_dict() for r in results],
-    }
+#: TaskMemory fields copied into the JSON task records (``memguard html`` and ``memguard compare`` read them).
+TASK_FIELDS = (
+    "state",
+    "pool",
+    "attempt",
+    "hostname",
+    "pid",
+    "start_mb",
+    "finish_mb",
+    "peak_mb",
+    "peak_delta_mb",
+    "delta_mb",
+    "peak_source",
+    "duration_s",
+    "checkpoints",
+    "exception",
+    "signal",
+    "suspected_oom",
+    "overlapped",
+    "limit_mb",
+)
+
+
+def task_record_dict(nodeid: str, record: Any, results: list[Any]) -> dict:
+    """A task record in the JSON shape of ``memguard html``'s TASK: ``peak_mb`` is the absolute peak (as in
+    ``TaskMemory``), ``peak_delta_mb`` the peak above the task's start, ``rss_mb`` the absolute peak again."""
+    data = {"nodeid": nodeid, "task_name": record.task_name, "task_id": getattr(record, "task_id", None)}
+    data.update({name: getattr(record, name) for name in TASK_FIELDS if hasattr(record, name)})
+    data.setdefault("peak_mb", None)
+    data.setdefault("peak_delta_mb", getattr(record, "peak_delta_mb", None))
+    data["rss_mb"] = data["peak_mb"]
+    data["exceeded"] = [r.line() for r in results if r.exceeded]
+    data["results"] = [r.as_dict() for r in results]
+    return data
 
 
 def _mb(value: float | None) -> str:
     return "?MB" if value is None else f"{value:.1f}MB"
 
 
-def write_json(path: Path, records: Iterable[dict]) -> None:
-    """Write the session's records atomically (a reader never sees half a file)."""
+def write_json(path: Path, records: Iterable[dict], extra: dict | None = None) -> None:
+    """Write the session's records atomically (a reader never sees half a file); ``extra`` adds top-level keys."""
     tests = sorted(records, key=lambda r: r["nodeid"])
     tasks = [task for record in tests for task in record.get("tasks", [])]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"version": JSON_VERSION, "tests": tests, "tasks": tasks}, indent=1))
+    tmp.write_text(json.dumps({"version": JSON_VERSION, "tests": tests, "tasks": tasks, **(extra or {})}, indent=1))
     os.replace(tmp, path)
 
 
@@ -152,12 +174,34 @@ def summary_lines(records: list[dict], top: int) -> list[str]:
             lines.append(
                 f"  {r['nodeid']}: {res['kind']} {res['used_mb']:.1f}MB of {res['limit_name']} {res['limit_mb']:.1f}MB"
             )
+    lines.extend(task_summary_lines(records, top))
     over = [r for r in records if r.get("exceeded")]
     if over:
         lines.append(f"over budget: {len(over)} test(s)")
         for r in over:
             for line in r["exceeded"]:
                 lines.append(f"  {r['nodeid']}: {line}")
+    return lines
+
+
+def task_summary_lines(records: list[dict], top: int) -> list[str]:
+    """Celery task executions of the session: how many per state and mode, and the top ``top`` by peak above start."""
+    tasks = [t for r in records for t in r.get("tasks", [])]
+    if not tasks:
+        return []
+    counts: dict[str, int] = {}
+    for t in tasks:
+        key = f"{t.get('state') or '?'} {t.get('pool') or '?'}"
+        counts[key] = counts.get(key, 0) + 1
+    lines = [f"celery tasks: {len(tasks)} execution(s) ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})"]
+    measured = [t for t in tasks if t.get("peak_delta_mb") is not None]
+    for t in sorted(measured, key=lambda t: t["peak_delta_mb"], reverse=True)[: top or 0]:
+        budget = next((res for res in t.get("results", []) if res.get("kind") == "peak"), None)
+        note = f"  (budget {budget['limit_mb']:.1f}MB)" if budget else ""
+        lines.append(
+            f"  {t['peak_delta_mb']:9.1f}MB  {t['task_name']} [{t.get('state')}, {t.get('pool')}] "
+            f"in {t['nodeid']}{note}"
+        )
     return lines
 
 
