@@ -94,6 +94,8 @@ class Manager:
         self.any_budget = not options.budgets.is_empty()
         self.current_item: pytest.Item | None = None
         self.worker = xdist.worker_id(config)
+        self.settle_all = False  # the regression gate sets it: delta figures after gc + malloc_trim for every test
+        self.json_extra: dict[str, Any] = {}  # top-level keys other features add to --memguard-json (comparison...)
 
     # -- header -----------------------------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -148,7 +150,7 @@ class Manager:
     def pytest_runtest_call(self, item: pytest.Item):
         state = self.state(item)
         budget = state.budget.test if state.budget else EMPTY
-        settle = budget.delta is not None
+        settle = budget.delta is not None or self.settle_all
         tracer = self._tracer(budget) if self.options.trace else None
         monitor = self._monitor(item.nodeid, settle)
         self.current_item = item
@@ -276,4 +278,4 @@ class Manager:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.options.json_path and not xdist.is_worker(self.config):
-            write_json(self.options.json_path, self.records)
+            write_json(self.options.json_path, self.records, extra=self.json_extra)
