@@ -91,7 +91,8 @@ class CeleryMemory:
         """The final record of one task (an id or a result), waiting for it (bounded)."""
         from ..celery import task_memory
 
-        return task_memory(task_id, timeout=self.timeout, app=self.app)
+        result = self.app.AsyncResult(task_id) if isinstance(task_id, str) else task_id
+        return task_memory(result, timeout=self.timeout, app=self.app)
 
     def finish(self) -> tuple[list, list[str]]:
         """At the end of the call phase: every record, and the sent tasks that have none (gathered once)."""
@@ -195,10 +196,14 @@ class TaskProblem:
 
     @classmethod
     def no_record(cls, task_id: str, timeout: float, worker_alive: bool) -> TaskProblem:
-        why = "the worker process died" if not worker_alive else "the task is still running or was never consumed"
+        why = (
+            "the worker process died"
+            if not worker_alive
+            else f"none came within {timeout:g}s (the task is still running or was never consumed)"
+        )
         return cls(
             "no_record",
             task_id,
-            f"celery task [{task_id}] sent by the test has no memory record after {timeout:g}s: {why} "
+            f"celery task [{task_id}] sent by the test has no memory record: {why} "
             "(see the worker log section; raise --memguard-celery-timeout for slow tasks)",
         )
