@@ -202,7 +202,7 @@ class WorkerSession:
                     env=self.env,
                     config={**self.settings, "memguard_instrument": True},
                     log_path=self.folder / f"worker{'-' + str(n) if n else ''}.log",
-                    hostname=f"memguard-{self.queue}-{n}@%h",
+                    hostname=f"{self.queue}-w{n}@%h",
                     ready_timeout=self.ready_timeout,
                 )
             )

@@ -142,8 +142,10 @@ def _import_testing():
     try:
         from ..celery import testing
     except ImportError as exc:
-        pytest.fail(f"{_CELERY_MISSING} ({exc})", pytrace=False)
-    return testing
+        problem = f"{_CELERY_MISSING} ({exc})"
+    else:
+        return testing
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -159,9 +161,11 @@ def memguard_celery_app(pytestconfig: pytest.Config) -> Any:
         )
     testing = _import_testing()
     try:
-        app = testing.load_app(o.app_path)
+        app, problem = testing.load_app(o.app_path), None
     except testing.AppPathError as exc:
-        pytest.fail(f"pytest-memguard: {o.app_origin}: {exc}", pytrace=False)
+        app, problem = None, f"pytest-memguard: {o.app_origin}: {exc}"
+    if problem:  # failed outside the except block: one line, no "during handling" chain
+        pytest.fail(problem, pytrace=False)
     from ..celery import instrument
 
     instrument(app)
