@@ -137,7 +137,8 @@ def test_children_count_when_asked_a_forked_child_touching_200mb_for_100ms():
     assert child.exitcode == 0
     children = monitor.measurement.children
     assert children is not None
-    assert 199 < children["peak_mb"] < 215, children
+    # Its 200 MiB, plus the few MiB a forked Python child copies on write (refcounts, its own imports).
+    assert 199 < children["peak_mb"] < 240, children
     # The parent's own peak does not include the child.
     assert monitor.measurement.peak_delta_mb < 50
 
@@ -154,7 +155,9 @@ def test_an_idle_forked_child_does_not_count_the_pages_it_shares_with_its_parent
         child.start()
         child.join(30)
     assert child.exitcode == 0
-    assert monitor.measurement.children["peak_mb"] < 20, monitor.measurement.children
+    # Counted by RSS this child would weigh the parent's whole resident size (> 80 MiB of ballast alone); by private
+    # memory only what it copied on write: Python touches refcounts, so a few MiB to a few tens, not the ballast.
+    assert monitor.measurement.children["peak_mb"] < 40, monitor.measurement.children
     del ballast
 
 
