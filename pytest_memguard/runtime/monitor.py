@@ -144,7 +144,9 @@ class MemoryMonitor:
         self._started_tracemalloc = False
         self._children_peak = 0
         self._children_rusage_start: int | None = None
-        self._overlapping: set[int] = set()
+        # Monitors that were active at some moment alongside this one; a count, not a set of ids, so a long-lived
+        # outer monitor around millions of tasks stays O(1) in memory.
+        self._overlapped = 0
         self._sampler_keys: list[tuple[PeakSampler, int]] = []
         self._token: contextvars.Token | None = None
         self._t0 = 0.0
@@ -224,15 +226,15 @@ class MemoryMonitor:
                 tracemalloc.start()
                 self._started_tracemalloc = True
             with _registry_lock:
-                me = id(self)
                 for other in _active:
-                    other._overlapping.add(me)
-                    self._overlapping.add(id(other))
+                    other._overlapped += 1
+                self._overlapped = len(_active)
                 if use_kernel:
-                    mark = probe.hwm_bytes()
-                    if mark is not None:
-                        for other in _active:
-                            other._fold(mark)
+                    if _active:  # outer monitors keep the mark so far before it is reset under them
+                        mark = probe.hwm_bytes()
+                        if mark is not None:
+                            for other in _active:
+                                other._fold(mark)
                     probe.reset_hwm()
                 if trace:
                     heap_now, heap_peak = tracemalloc.get_traced_memory()
@@ -350,7 +352,7 @@ class MemoryMonitor:
             "gc": gc_figures,
             "heap": heap,
             "children": children,
-            "overlapped": len(self._overlapping),
+            "overlapped": self._overlapped,
             "limit_mb": round(limit / MB, 1) if limit else None,
             "process_percent": round(100.0 * peak / limit, 1) if limit and peak is not None else None,
             "task_id": self.task_id,

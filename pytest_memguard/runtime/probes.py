@@ -184,6 +184,13 @@ _probe_lock = threading.Lock()
 
 def get_probe() -> ProcessProbe:
     """The process-wide probe (created on first use, recreated in forked children)."""
+    probe = _probe
+    if probe is not None:
+        return probe
+    return _create_probe()
+
+
+def _create_probe() -> ProcessProbe:
     global _probe
     probe = _probe
     if probe is None:

@@ -407,3 +407,25 @@ def test_a_process_started_by_a_large_parent_still_measures_its_own_true_peak():
     figures = json.loads(out.stdout)
     assert figures["source"] == PEAK_SOURCE_KERNEL
     assert abs(figures["peak_delta_mb"] - 60) < 1, figures
+
+
+def test_a_long_lived_outer_monitor_stays_small_around_many_tasks():
+    import tracemalloc
+
+    was_tracing = tracemalloc.is_tracing()
+    with MemoryMonitor("worker-lifetime") as outer:
+        for _ in range(200):  # warm caches before measuring
+            with MemoryMonitor("task"):
+                pass
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(20_000):
+                with MemoryMonitor("task"):
+                    pass
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            if not was_tracing:
+                tracemalloc.stop()
+    assert outer.measurement.overlapped >= 20_200
+    assert grown < 64 * 1024, grown  # O(1): not one remembered id per task
