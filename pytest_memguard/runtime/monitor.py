@@ -46,7 +46,20 @@ _samplers: dict[tuple[str, float], PeakSampler] = {}
 _current: contextvars.ContextVar[MemoryMonitor | None] = contextvars.ContextVar("memguard_monitor", default=None)
 
 # Last full collection: RSS right after it (the "growth" GC policy measures from here), per process.
-_gc_state = {"rss_after_last_full": None, "pid": os.getpid()}
+_gc_state = {"rss_after_last_full": None}
+# This process's pid, kept current across fork: os.getpid() is a system call, and the hot path needs it twice.
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+    _gc_state["rss_after_last_full"] = None  # the parent's reference point means nothing here
+    _active.clear()  # the parent's running monitors do not run in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current_monitor() -> MemoryMonitor | None:
@@ -339,13 +352,13 @@ class MemoryMonitor:
         # One dict literal, not a dataclass and a copy of it: this is the per-task hot path (benchmarks/).
         result = {
             "task_name": self.task_name,
-            "start_mb": _mb(start),
-            "finish_mb": _mb(finish_rss),
-            "peak_mb": _mb(peak),
+            "start_mb": round(start / MB, 3) if known else None,
+            "finish_mb": round(finish_rss / MB, 3) if finish_rss is not None else None,
+            "peak_mb": round(peak / MB, 3) if peak is not None else None,
             "delta_mb": round((finish_rss - start) / MB, 3) if known and finish_rss is not None else None,
             "peak_delta_mb": round((peak - start) / MB, 3) if known and peak is not None else None,
             "peak_source": self._peak_source,
-            "pid": os.getpid(),
+            "pid": _pid,
             "started_at": self._started_at,
             "duration_s": round(time.perf_counter() - self._t0, 6),
             "checkpoints": self._checkpoints,
@@ -365,7 +378,11 @@ class MemoryMonitor:
                 f"{outcome} (delta={format_mb(result['delta_mb'], signed=True)}, peak={format_mb(result['peak_mb'])})"
             )
             self._log_line(label, finish_rss, peak=peak, result=result)
-        self._warn_thresholds(result)
+        settings = self.settings
+        if (peak is not None and peak > settings.warn_peak_mb * MB) or (
+            result["process_percent"] is not None and result["process_percent"] > settings.warn_process_percent
+        ):
+            self._warn_thresholds(result)
         if self.on_event is not None:
             self._emit("finish", dict(result))
         return dict(result)
@@ -378,16 +395,18 @@ class MemoryMonitor:
         return self._measurement
 
     def _stop_peak_tracking(self, probe) -> int | None:
-        for sampler, key in self._sampler_keys:
-            sampler.sample_now()
-            sampler.remove(key)
-        self._sampler_keys = []
+        if self._sampler_keys:
+            for sampler, key in self._sampler_keys:
+                sampler.sample_now()
+                sampler.remove(key)
+            self._sampler_keys = []
         with _registry_lock:
-            if self._uses_kernel_mark:
+            if self._peak_source == PEAK_SOURCE_KERNEL:
                 mark = probe.hwm_bytes()
                 if mark is not None:
                     for monitor in _active:
-                        monitor._fold(mark)
+                        if mark > monitor._peak:
+                            monitor._peak = mark
             if self._heap_start is not None and tracemalloc.is_tracing():
                 heap_peak = tracemalloc.get_traced_memory()[1]
                 for monitor in _active:
@@ -451,8 +470,6 @@ class MemoryMonitor:
         rss = probe.rss_bytes()
         if policy == "never":
             return {"policy": policy, "collected": False}, rss
-        if _gc_state["pid"] != os.getpid():  # forked child: the parent's reference point means nothing here
-            _gc_state.update(pid=os.getpid(), rss_after_last_full=None)
         if policy == "growth":
             reference = _gc_state["rss_after_last_full"]
             if reference is None:
@@ -479,7 +496,7 @@ class MemoryMonitor:
             by_generation[f"gen{generation}"] = gc.collect(generation)
         duration = time.perf_counter() - t0
         after = probe.rss_bytes()
-        _gc_state.update(pid=os.getpid(), rss_after_last_full=after)
+        _gc_state["rss_after_last_full"] = after
         freed = (before - after) if before is not None and after is not None else None
         stats = {
             "before_mb": _mb(before, 1),
