@@ -350,6 +350,12 @@ def _on_before_publish(sender=None, headers=None, **_):
 def _on_worker_init(sender=None, **_):
     _worker["pool"] = _pool_name(getattr(sender, "pool_cls", None))
     _worker["oom_kills"] = oom_kill_count()
+    if any(instr.options.metrics for instr in list(_by_app.values())):
+        from .metrics import multiprocess_problem
+
+        problem = multiprocess_problem(_worker["pool"])
+        if problem:
+            logger.warning(problem)
 
 
 _RECEIVERS = [

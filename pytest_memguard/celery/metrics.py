@@ -9,9 +9,15 @@
 Under prefork the metrics are recorded in the children and in the parent (WORKER_LOST): set
 ``PROMETHEUS_MULTIPROC_DIR`` before the worker starts, as prometheus-client's multiprocess mode requires, and serve
 them with :func:`multiprocess_registry`. prometheus-client is imported only when metrics are enabled.
+Only counters and histograms are used, whose multiprocess files are meant to outlive their process (a recycled or
+killed child's counts stay in the totals), so no ``mark_process_dead`` is needed on child exit; that call only
+prunes live gauges. A prefork worker without the folder warns at start (:func:`multiprocess_problem`).
+Proven end to end by ``tests/celery/test_metrics_prefork.py``.
 """
 
 from __future__ import annotations
+
+import os
 
 from .records import WORKER_LOST, TaskMemory
 
@@ -91,6 +97,27 @@ class TaskMetrics:
             m["lost"].labels(name).inc()
             if record.suspected_oom:
                 m["oom"].labels(name).inc()
+
+
+def multiprocess_problem(pool: str | None, environ=None) -> str | None:
+    """Why a worker of this pool would lose its metrics, or ``None``.
+
+    Prefork children are separate processes: without ``PROMETHEUS_MULTIPROC_DIR`` each keeps its figures in its
+    own memory, where no scrape of the worker ever reads them. Nothing fails; the metrics just stay empty, so this
+    is said once, at worker start.
+    """
+    env = os.environ if environ is None else environ
+    if pool != "prefork":
+        return None
+    folder = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
+    if not folder:
+        return (
+            "memguard metrics are on in a prefork worker but PROMETHEUS_MULTIPROC_DIR is not set: the children's "
+            "metrics cannot be collected (set it to an empty folder before the worker starts)"
+        )
+    if not os.path.isdir(folder):
+        return f"memguard metrics: PROMETHEUS_MULTIPROC_DIR={folder!r} is not a folder (create it before the worker)"
+    return None
 
 
 def multiprocess_registry():

@@ -131,3 +131,12 @@ def test_the_celery_layer_never_imports_pytest():
     code = "import sys, pytest_memguard.celery, fixtures.celery_app; print('pytest' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_metrics_warn_when_a_prefork_worker_cannot_share_them(tmp_path):
+    from pytest_memguard.celery.metrics import multiprocess_problem
+
+    assert "PROMETHEUS_MULTIPROC_DIR is not set" in multiprocess_problem("prefork", environ={})
+    assert "not a folder" in multiprocess_problem("prefork", environ={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "x")})
+    assert multiprocess_problem("prefork", environ={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) is None
+    assert multiprocess_problem("solo", environ={}) is None  # one process: its own registry is complete
