@@ -14,6 +14,7 @@ state into a ``WORKER_LOST`` record (:mod:`.inflight`).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -35,6 +36,9 @@ from .store import local_records, store_for
 logger = logging.getLogger("pytest_memguard.celery")
 
 _STATE_BY_CELERY = {"SUCCESS": SUCCESS, "FAILURE": FAILURE, "RETRY": RETRY}
+#: A message header asking for a full collection after this execution, whatever the GC policy: the leak hunter sends
+#: it so each record's ``finish_mb`` is the memory the process *retains*, not garbage awaiting a collection.
+FULL_GC_HEADER = "memguard_full_gc"
 
 
 @dataclass
@@ -53,6 +57,7 @@ class TaskRun:
     exception: str | None = None
     children: list[str] = field(default_factory=list)
     token: contextvars.Token | None = None
+    full_gc: bool = False
 
 
 current_run: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar("memguard_task_run", default=None)
@@ -144,6 +149,7 @@ class Instrumentation:
         monitor = MemoryMonitor(task.name, task_id=task_id, settings=self.settings, log=self.log)
         monitor.log_level = self.options.log_level
         run = TaskRun(self, task_id, task.name, attempt, getattr(request, "hostname", None), pool, run_tag, monitor)
+        run.full_gc = bool(_request_header(request, FULL_GC_HEADER))
         with _lock:
             _running[(task_id, attempt)] = run
         monitor.start_monitoring()
@@ -190,7 +196,7 @@ class Instrumentation:
     def finish(self, run: TaskRun, task, celery_state: str | None) -> None:
         state = _STATE_BY_CELERY.get(celery_state or "", celery_state or "UNKNOWN")
         monitor = run.monitor
-        if state in (FAILURE, RETRY) and self.options.gc_after_failure and monitor.enable_gc:
+        if (run.full_gc or (state in (FAILURE, RETRY) and self.options.gc_after_failure)) and monitor.enable_gc:
             monitor.settings = monitor.settings.with_overrides(gc_policy="always")
         summary = monitor.finish_monitoring(outcome=state if state in (FAILURE, RETRY) else "FINISH")
         if run.token is not None:
@@ -413,6 +419,23 @@ def uninstrument(app) -> bool:
         if not len(_by_app):
             _disconnect()
     return removed
+
+
+@contextlib.contextmanager
+def suspended(app):
+    """Leave ``app``'s tasks unmeasured for the block (no monitor, no record), then measure them again as before.
+
+    For the leak hunter's eager runs of a task: each record it would deliver (the in-process registry keeps up to
+    ``LOCAL_CAPACITY``) would be growth of the hunt's own, not of the task."""
+    with _lock:
+        instr = _by_app.pop(app, None)
+    try:
+        yield instr
+    finally:
+        if instr is not None:
+            with _lock:
+                _by_app.setdefault(app, instr)
+                _connect()
 
 
 def instrumentation(app) -> Instrumentation | None:

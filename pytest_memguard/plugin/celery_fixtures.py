@@ -231,8 +231,19 @@ def celery_memory(request: pytest.FixtureRequest, celery_mode: str, memguard_cel
             stack.enter_context(testing.eager_tasks(memguard_celery_app))
         collector = stack.enter_context(collect_task_memories(memguard_celery_app))
         memory = CeleryMemory(memguard_celery_app, celery_mode, collector, o.timeout, session)
+        if _hunted(request):  # --hunt-leaks hunts each task the test starts, with its arguments: log them
+            from ..celery.sends import SendLog
+
+            memory.sends = stack.enter_context(SendLog())
         request.node.stash[MEMORY] = memory
         yield memory
+
+
+def _hunted(request: pytest.FixtureRequest) -> bool:
+    from .leak_hunt import HUNT_NAME
+
+    hunt = request.config.pluginmanager.get_plugin(HUNT_NAME)
+    return hunt is not None and hunt.wants(request.node)
 
 
 @pytest.fixture

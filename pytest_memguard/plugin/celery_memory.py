@@ -49,6 +49,7 @@ class CeleryMemory:
         self.session = session  # WorkerSession in worker mode
         self.log_offset = 0
         self.final: tuple[list, list[str]] | None = None
+        self.sends: Any = None  # a SendLog while the test is hunted for leaks (--hunt-leaks)
         worker = self.worker
         if worker is not None:
             try:

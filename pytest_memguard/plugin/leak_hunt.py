@@ -13,7 +13,8 @@ the hunter restarts tracemalloc and drops older traces, so it must never run ins
 
 Celery tasks: a task the test runs (eagerly or through a worker) runs again with each re-run of the test, and a
 task run in this process is part of what is measured; a worker in another process is not (its heap is not ours).
-Tasks are not hunted one by one.
+So after the test's own hunt, each distinct task execution the test started is hunted on its own, in the test's
+mode (:mod:`.task_hunt`): its verdict lines join the test's in the report, the summary and the JSON.
 
 ``@pytest.mark.max_leak_kb(kb)`` alone makes that test hunted (a user adding the marker expects it to be
 checked), with the ``--hunt-leaks`` spec or the default 3:10, and fails the test when it grows steadily by more
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import _pytest
@@ -32,18 +33,20 @@ import pluggy
 import pytest
 
 from ..leaks import DEFAULT_RUNS, DEFAULT_WARMUP, HuntResult, LeakHunter
-from . import xdist
+from . import task_hunt, xdist
 from .fresh import call_fresh
 from .manager import STATE
 
 MARKER = "max_leak_kb"
 MARKER_HELP = (
     f"{MARKER}(kb_per_run): hunt this test for leaks (as --hunt-leaks does) and fail it when its memory grows "
-    "steadily by more than kb_per_run KB per run."
+    "steadily by more than kb_per_run KB per run. With task='pattern' it limits the hunts of the test's Celery tasks "
+    "whose name matches instead."
 )
 REPORT_ATTR = "memguard_leak"
 HUNT = pytest.StashKey["HuntOutcome"]()
 LIMIT = pytest.StashKey["float | None"]()
+TASK_LIMITS = pytest.StashKey["list[tuple[str, float]]"]()
 HUNT_NAME = "memguard_leak_hunt"
 # Frames of the plugin, pytest and pluggy say nothing about where a test leaks.
 EXCLUDE = tuple(
@@ -64,6 +67,8 @@ class HuntOutcome:
     error: str | None = None
     limit_kb: float | None = None
     limit_line: str | None = None  # set when the limit was exceeded
+    tasks: list[task_hunt.TaskHuntOutcome] = field(default_factory=list)
+    task_notes: list[str] = field(default_factory=list)
 
     @property
     def headline(self) -> str:
@@ -79,11 +84,18 @@ class HuntOutcome:
             lines.append(f"hunt not finished: {self.error}")
         if self.limit_kb is not None and not self.limit_line and self.result is not None:
             lines.append(f"within max_leak_kb {self.limit_kb:g} KB/run")
+        lines += [task.text(verbose) for task in self.tasks] + self.task_notes
         return "\n".join(lines)
 
     @property
     def flagged(self) -> bool:
-        return bool(self.limit_line) or (self.result is not None and self.result.leaking)
+        own = bool(self.limit_line) or (self.result is not None and self.result.leaking)
+        return own or any(task.flagged for task in self.tasks)
+
+    @property
+    def limit_lines(self) -> list[str]:
+        """Every exceeded ``max_leak_kb``: the test's own, then its tasks'."""
+        return [line for line in [self.limit_line] + [t.limit_line for t in self.tasks] if line]
 
     def as_dict(self, nodeid: str, verbose: bool) -> dict:
         return {
@@ -96,12 +108,15 @@ class HuntOutcome:
             "error": self.error,
             "text": self.text(verbose),
             "hunt": self.result.as_dict() if self.result is not None else None,
+            "tasks": [task.as_dict() for task in self.tasks],
+            "task_notes": list(self.task_notes),
         }
 
 
 def marker_limit(item: pytest.Item) -> float | None:
     """The closest ``max_leak_kb`` marker's KB/run, ``None`` without one; ``ValueError`` with a message if bad."""
-    mark = item.get_closest_marker(MARKER)
+    # A marker with task= limits the test's tasks (.task_hunt), not the test.
+    mark = next((m for m in item.iter_markers(MARKER) if "task" not in m.kwargs), None)
     if mark is None:
         return None
     args = list(mark.args) + [mark.kwargs[k] for k in ("kb_per_run", "kb") if k in mark.kwargs]
@@ -191,6 +206,7 @@ class LeakHunt:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         try:
             item.stash[LIMIT] = marker_limit(item)
+            item.stash[TASK_LIMITS] = task_hunt.task_limits(item)
         except ValueError as exc:
             pytest.fail(f"pytest-memguard: {exc}", pytrace=False)
 
@@ -200,13 +216,34 @@ class LeakHunt:
     def pytest_runtest_call(self, item: pytest.Item):
         result = yield  # a test that failed (own failure or budget) is not hunted
         limit = item.stash.get(LIMIT, None)
-        if not self.hunt_all and limit is None:
+        if not self.wants(item):
             return result
+        memory = _celery_memory(item)
+        sends, notes = task_hunt.sends_of(memory) if memory is not None else ([], [])  # before re-runs replace it
         outcome = self._hunt(item, limit)
+        memory = _celery_memory(item)  # the latest run's: its mode and worker session are the test's
+        if memory is not None and (sends or notes):
+            self.progress.start(item.nodeid)
+            outcome.tasks = task_hunt.hunt_tasks(
+                memory,
+                sends,
+                self.warmup,
+                self.runs,
+                limits=item.stash.get(TASK_LIMITS, []),
+                exclude=EXCLUDE,
+                progress=self.progress.tick,
+            )
+            outcome.task_notes = notes
+            for task in outcome.tasks:
+                self.progress.done(task.limit_line or task.headline)
         item.stash[HUNT] = outcome
-        if outcome.limit_line:
-            raise LeakLimitExceeded(outcome.limit_line, pytrace=False)
+        if outcome.limit_lines:
+            raise LeakLimitExceeded("\n".join(outcome.limit_lines), pytrace=False)
         return result
+
+    def wants(self, item: pytest.Item) -> bool:
+        """Whether ``item`` is hunted: ``--hunt-leaks``, or a ``max_leak_kb`` marker (with or without ``task=``)."""
+        return self.hunt_all or item.get_closest_marker(MARKER) is not None
 
     def _hunt(self, item: pytest.Item, limit: float | None) -> HuntOutcome:
         self.progress.start(item.nodeid)
@@ -270,6 +307,13 @@ class LeakHunt:
             elif self.verbose or r.get("error"):
                 tr.write_line(f"{r['nodeid']}: {r['verdict']}")
         tr.write_line(f"memguard: {len(self.results)} test(s) hunted, {len(flagged)} flagged")
+
+
+def _celery_memory(item: pytest.Item) -> Any:
+    """The test's ``CeleryMemory`` (its Celery fixtures' state), ``None`` for a test without them."""
+    from .celery_fixtures import MEMORY
+
+    return item.stash.get(MEMORY, None)
 
 
 def _bounded(text: str, max_lines: int = 40) -> str:
