@@ -26,6 +26,7 @@ from typing import Any
 from celery import signals
 
 from ..runtime.monitor import MemoryMonitor
+from ..runtime.system import cached_effective_limit_bytes
 from ..runtime.units import MB
 from .collect import RUN_TAG_HEADER, active_run_tag
 from .inflight import InflightFile, oom_kill_count, read_inflight, worker_lost_record
@@ -101,8 +102,11 @@ class Instrumentation:
         self.overrides = dict(overrides)
         self.options, self.settings = resolve_options(app, self.overrides)
         self.log = logging.getLogger("pytest_memguard")
+        # Resolved once here, not per task: the per-task path reads plain attributes (see bench_celery_tracer.py).
+        self._configured_limit_mb = self.options.memory_limit / MB if self.options.memory_limit else None
+        self._log_level = self.options.log_level
+        self._deliver_to_store = self.options.records
         self._store = None
-        self._store_pid: int | None = None
         self._delivery_warned = False
         self._metrics = None
         if self.options.metrics:
@@ -112,10 +116,10 @@ class Instrumentation:
 
     # -- records ---------------------------------------------------------------------------------------------
     def store(self, backend=None):
-        """The record store of this process (backends are per process: rebuilt after fork)."""
-        if self._store is None or self._store_pid != os.getpid():
+        """The record store of this process (backends are per process: :func:`_forget_stores` drops it in a forked
+        child, so no pid check is needed per task)."""
+        if self._store is None:
             self._store = store_for(backend if backend is not None else self.app.backend, self.options.records_dir)
-            self._store_pid = os.getpid()
         return self._store
 
     def deliver(self, record: TaskMemory, backend=None) -> None:
@@ -127,10 +131,10 @@ class Instrumentation:
         local_records.add(record)
         if self._metrics is not None:
             self._metrics.observe(record)
-        if not self.options.records or record.pool == "eager":
+        if not self._deliver_to_store or record.pool == "eager":
             return
         try:
-            self.store(backend).write(record)
+            (self._store or self.store(backend)).write(record)
         except Exception as exc:  # delivery must never fail the task
             if not self._delivery_warned:
                 self._delivery_warned = True
@@ -147,7 +151,7 @@ class Instrumentation:
         pool = _current_pool(request)
         run_tag = _request_header(request, RUN_TAG_HEADER) or (active_run_tag() if pool == "eager" else None)
         monitor = MemoryMonitor(task.name, task_id=task_id, settings=self.settings, log=self.log)
-        monitor.log_level = self.options.log_level
+        monitor.log_level = self._log_level
         run = TaskRun(self, task_id, task.name, attempt, getattr(request, "hostname", None), pool, run_tag, monitor)
         run.full_gc = bool(_request_header(request, FULL_GC_HEADER))
         with _lock:
@@ -184,14 +188,13 @@ class Instrumentation:
 
     def limit_mb(self, found_mb: float | None = None) -> float | None:
         """The effective limit: the tighter of the limit found (cgroup/host) and the ``memory_limit`` option."""
-        configured = self.options.memory_limit / MB if self.options.memory_limit else None
+        configured = self._configured_limit_mb
         if found_mb is None:
-            from ..runtime.system import cached_effective_limit_bytes
-
             found = cached_effective_limit_bytes()
-            found_mb = None if found is None else found / MB
-        candidates = [v for v in (found_mb, configured) if v]
-        return round(min(candidates), 1) if candidates else None
+            found_mb = found / MB if found else None
+        if found_mb and configured:
+            return round(min(found_mb, configured), 1)
+        return round(found_mb or configured, 1) if (found_mb or configured) else None
 
     def finish(self, run: TaskRun, task, celery_state: str | None) -> None:
         state = _STATE_BY_CELERY.get(celery_state or "", celery_state or "UNKNOWN")
@@ -209,10 +212,11 @@ class Instrumentation:
         self.deliver(self._record(run, state, summary), backend=task.backend)
 
     def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
-        limit = self.limit_mb(m.get("limit_mb"))
+        found_limit, peak = m.get("limit_mb"), m.get("peak_mb")
+        limit = self.limit_mb(found_limit)
         percent = m.get("process_percent")
-        if limit and m.get("peak_mb") is not None and limit != m.get("limit_mb"):
-            percent = round(100.0 * m["peak_mb"] / limit, 1)
+        if limit and peak is not None and limit != found_limit:
+            percent = round(100.0 * peak / limit, 1)
         return TaskMemory(
             task_id=run.task_id,
             task_name=run.task_name,
@@ -223,7 +227,7 @@ class Instrumentation:
             attempt=run.attempt,
             start_mb=m.get("start_mb"),
             finish_mb=m.get("finish_mb"),
-            peak_mb=m.get("peak_mb"),
+            peak_mb=peak,
             delta_mb=m.get("delta_mb"),
             peak_delta_mb=m.get("peak_delta_mb"),
             peak_source=m.get("peak_source"),
@@ -441,6 +445,16 @@ def suspended(app):
 def instrumentation(app) -> Instrumentation | None:
     """The active instrumentation of ``app``, if any."""
     return _by_app.get(app)
+
+
+def _forget_stores() -> None:
+    """In a forked child: result backends (their connections) belong to the parent; each child builds its own."""
+    for instr in list(_by_app.values()):
+        instr._store = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_stores)
 
 
 def running_tasks() -> list[TaskRun]:

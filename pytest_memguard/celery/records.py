@@ -73,11 +73,15 @@ class TaskMemory:
         return self.state in TERMINAL_STATES
 
     def as_dict(self) -> dict:
-        # Shallow on purpose: dataclasses.asdict deep-copies every checkpoint (~100 µs per record measured).
+        # Shallow on purpose: dataclasses.asdict deep-copies every checkpoint (~100 µs per record measured). The
+        # instance dict holds exactly the fields, in field order (set by __init__), unless someone added attributes.
+        values = self.__dict__
+        if len(values) == len(_FIELD_NAMES):
+            return values.copy()
         return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+        return _encode(self.as_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskMemory:
@@ -107,3 +111,5 @@ class TaskMemory:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(TaskMemory))
+# One encoder for every record: json.dumps with arguments builds a new JSONEncoder per call (~3 µs per record).
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode

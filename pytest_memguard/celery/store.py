@@ -108,15 +108,16 @@ class BackendStore:
 
     def __init__(self, backend) -> None:
         self.backend = backend
+        # Backends differ in key type (the file backend joins bytes paths, Redis takes str): Celery's key_t says.
+        self._key_t = getattr(backend, "key_t", str)
 
     def write(self, record: TaskMemory) -> None:
         text = record.to_json()
-        for key in keys_for(record):
-            self.backend.set(self._key(key), text)
+        key = record_key(record.task_id) if record.terminal else record_key(record.task_id, record.attempt)
+        self.backend.set(self._key_t(key), text)
 
     def _key(self, key: str):
-        # Backends differ in key type (the file backend joins bytes paths, Redis takes str): Celery's key_t says.
-        return getattr(self.backend, "key_t", str)(key)
+        return self._key_t(key)
 
     def read(self, key: str) -> TaskMemory | None:
         value = self.backend.get(self._key(key))

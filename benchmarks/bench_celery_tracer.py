@@ -1,0 +1,111 @@
+"""Per-task cost of instrumentation on Celery's own task path, in-process: no broker, no worker loop, no polling.
+
+    python benchmarks/bench_celery_tracer.py [--tasks 2000] [--batches 7] [--profile]
+
+Builds the tracer a worker builds for ``fixtures.noop`` (``celery.app.trace.build_tracer``, not eager: the result
+is stored in the embedded ``file://`` backend, signals fire, logging at INFO goes to a file) and calls it in a loop,
+once with ``MEMGUARD_INSTRUMENT=0`` and once with ``=1``, each variant in its own fresh interpreter (the app is
+instrumented at import). Prints the minimum per-task time over the batches of each variant (the least disturbed
+batch on a noisy machine), wall clock and this process's CPU time (which other processes on the machine disturb
+less), and their difference; ``--profile`` prints the instrumented variant's cProfile top.
+``bench_celery_overhead.py`` measures the same through a real worker, with its noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_variant(tasks: int, batches: int, profile: bool) -> dict:
+    """Inside the child interpreter: time ``batches`` batches of ``tasks`` tracer calls."""
+    import logging
+
+    sys.path.insert(0, str(ROOT))
+    log_file = os.path.join(os.environ["MEMGUARD_FS_FOLDER"], "worker.log")
+    logging.basicConfig(filename=log_file, level=logging.INFO)
+    from celery.app.trace import build_tracer
+
+    from fixtures.celery_app import app
+    from pytest_memguard.celery import lifecycle
+
+    lifecycle._worker["pool"] = "solo"  # what worker_init sets in a solo worker
+    task = app.tasks["fixtures.noop"]
+    tracer = build_tracer(task.name, task, app=app, eager=False)
+    request = {"hostname": "bench@localhost", "delivery_info": {"routing_key": "memguard"}, "is_eager": False}
+
+    def batch() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(tasks):
+            task_id = uuid.uuid4().hex
+            tracer(task_id, (), {}, {**request, "id": task_id})
+        return (time.perf_counter() - start) / tasks, (time.process_time() - cpu) / tasks
+
+    batch()  # warm up: imports, backend folders, first writes
+    figures = [batch() for _ in range(batches)]
+    out = {
+        "per_task_us": [round(wall * 1e6, 1) for wall, _ in figures],
+        "cpu_per_task_us": [round(cpu * 1e6, 1) for _, cpu in figures],
+    }
+    if profile:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        batch()
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+        out["profile"] = text.getvalue()
+    return out
+
+
+def spawn(instrumented: bool, tasks: int, batches: int, profile: bool) -> dict:
+    folder = tempfile.mkdtemp(prefix="memguard-tracer-")
+    env = {
+        **os.environ,
+        "MEMGUARD_INSTRUMENT": "1" if instrumented else "0",
+        "MEMGUARD_FS_FOLDER": folder,
+        "MEMGUARD_QUEUE": f"tracer-{uuid.uuid4().hex[:8]}",
+    }
+    argv = [sys.executable, __file__, "--child", "--tasks", str(tasks), "--batches", str(batches)]
+    if profile:
+        argv.append("--profile")
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--batches", type=int, default=7)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_variant(args.tasks, args.batches, args.profile)))
+        return 0
+    base = spawn(False, args.tasks, args.batches, False)
+    inst = spawn(True, args.tasks, args.batches, args.profile)
+    for key, what in (("per_task_us", "wall"), ("cpu_per_task_us", "cpu")):
+        b, i = min(base[key]), min(inst[key])
+        print(f"{what}: baseline min {b:.1f} us/task, instrumented min {i:.1f} us/task")
+        print(f"{what}: overhead +{i - b:.1f} us/task, ratio {i / b:.3f}")
+    if args.profile:
+        print(inst["profile"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
