@@ -22,7 +22,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .records import TaskMemory
 from .transport import atomic_write
@@ -89,6 +89,15 @@ class LocalRecords:
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+    def discard(self, records: Iterable[TaskMemory]) -> None:
+        """Forget these records (a leak hunt drops each re-run's records once its collector has read them, so the
+        registry's own growth is not taken for the test's leak)."""
+        with self._lock:
+            for record in records:
+                self._records.pop((record.task_id, record.attempt), None)
+                if self._final.get(record.task_id) == record.attempt:
+                    del self._final[record.task_id]
 
     def clear(self) -> None:
         with self._lock:
