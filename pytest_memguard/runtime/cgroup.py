@@ -141,26 +141,38 @@ def find_memory_cgroup(proc_cgroup: str | None = None, mountinfo: str | None = N
     return None
 
 
+# The same figures under each version's file names (v1's oom_kill is a line of memory.oom_control).
+_FILE_NAMES = {
+    2: {
+        "limit": "memory.max",
+        "current": "memory.current",
+        "peak": "memory.peak",
+        "oom_kill": "memory.events",
+        "swap": "memory.swap.max",
+    },
+    1: {
+        "limit": "memory.limit_in_bytes",
+        "current": "memory.usage_in_bytes",
+        "peak": "memory.max_usage_in_bytes",
+        "oom_kill": "memory.oom_control",
+        "swap": "memory.memsw.limit_in_bytes",
+    },
+}
+
+
 def read_cgroup_memory(directory: str | os.PathLike, version: int, *, mount_point: str | None = None) -> CgroupMemory:
     """Read one cgroup directory. The limit is the tightest of this cgroup and its ancestors up to ``mount_point``
     (a parent's limit kills children too)."""
-    d = Path(directory)
-    if version == 2:
-        limit = _read_int(d / "memory.max")
-        current = _read_int(d / "memory.current")
-        peak = _read_int(d / "memory.peak")
-        oom_kill = _read_keyed(d / "memory.events", "oom_kill")
-        swap = _read_int(d / "memory.swap.max")
-        limit_name = "memory.max"
-    elif version == 1:
-        limit = _read_int(d / "memory.limit_in_bytes")
-        current = _read_int(d / "memory.usage_in_bytes")
-        peak = _read_int(d / "memory.max_usage_in_bytes")
-        oom_kill = _read_keyed(d / "memory.oom_control", "oom_kill")
-        swap = _read_int(d / "memory.memsw.limit_in_bytes")
-        limit_name = "memory.limit_in_bytes"
-    else:
+    names = _FILE_NAMES.get(version)
+    if names is None:
         raise ValueError(f"cgroup version must be 1 or 2, got {version!r}")
+    d = Path(directory)
+    limit_name = names["limit"]
+    limit = _read_int(d / limit_name)
+    current = _read_int(d / names["current"])
+    peak = _read_int(d / names["peak"])
+    oom_kill = _read_keyed(d / names["oom_kill"], "oom_kill")
+    swap = _read_int(d / names["swap"])
     if mount_point:
         stop = Path(mount_point)
         ancestor = d.parent
