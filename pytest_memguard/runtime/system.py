@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from .cgroup import CgroupMemory, current_cgroup_memory, effective_limit_bytes
+from .cgroup import CgroupMemory, current_cgroup_memory, effective_limit_bytes, host_total_bytes
 from .probes import get_probe
 from .units import GB, MB
 
@@ -37,12 +37,22 @@ def cached_effective_limit_bytes() -> int | None:
     return value
 
 
+def _container_view(cgroup: CgroupMemory | None, host_total: int | None) -> tuple[int, int] | None:
+    """(total, used) bytes of a memory-limited cgroup, its limit capped at the host's RAM; ``None`` outside one.
+
+    The one definition of "the system" inside a container, shared by the log lines and the seed's summary."""
+    if cgroup is None or not cgroup.limit_bytes or cgroup.current_bytes is None:
+        return None
+    total = min(cgroup.limit_bytes, host_total) if host_total else cgroup.limit_bytes
+    return total, cgroup.current_bytes
+
+
 def system_usage() -> dict:
     """``{total_mb, available_mb, used_percent, source}`` of the memory that can kill this process."""
     cgroup = _safe_cgroup()
-    if cgroup is not None and cgroup.limit_bytes and cgroup.current_bytes is not None:
-        total = min(cgroup.limit_bytes, _host_total() or cgroup.limit_bytes)
-        used = cgroup.current_bytes
+    view = _container_view(cgroup, host_total_bytes())
+    if view is not None:
+        total, used = view
         return {
             "total_mb": round(total / MB, 1),
             "available_mb": round(max(total - used, 0) / MB, 1),
@@ -81,15 +91,6 @@ def recent_system_usage(max_age_s: float = _USAGE_TTL_S) -> dict:
     return value
 
 
-def _host_total() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except Exception:
-        return None
-
-
 def _safe_cgroup() -> CgroupMemory | None:
     try:
         return current_cgroup_memory()
@@ -124,9 +125,9 @@ def get_system_memory_summary() -> dict:
     }
     cgroup = _safe_cgroup()
     virtual = dict(host)
-    if cgroup is not None and cgroup.limit_bytes and cgroup.current_bytes is not None:
-        total = min(cgroup.limit_bytes, vm.total)
-        used = cgroup.current_bytes
+    view = _container_view(cgroup, vm.total)
+    if view is not None:
+        total, used = view
         virtual = {
             "total_gb": round(total / GB, 2),
             "available_gb": round(max(total - used, 0) / GB, 2),
