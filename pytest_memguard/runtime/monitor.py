@@ -401,7 +401,7 @@ class MemoryMonitor:
                 sampler.remove(key)
             self._sampler_keys = []
         with _registry_lock:
-            if self._peak_source == PEAK_SOURCE_KERNEL:
+            if self._uses_kernel_mark:
                 mark = probe.hwm_bytes()
                 if mark is not None:
                     for monitor in _active:
