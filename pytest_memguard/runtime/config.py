@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from typing import Any
+
+from .units import MB
 
 GC_POLICIES = ("growth", "always", "never")
 PEAK_MODES = ("auto", "kernel", "sample")
@@ -60,6 +63,15 @@ class MonitorSettings:
         for name in ("gc_growth_mb", "warn_peak_mb", "warn_process_percent"):
             if getattr(self, name) < 0:
                 raise SettingError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+    # Byte figures the per-task path compares against, computed once per settings object.
+    @cached_property
+    def gc_growth_bytes(self) -> float:
+        return self.gc_growth_mb * MB
+
+    @cached_property
+    def warn_peak_bytes(self) -> float:
+        return self.warn_peak_mb * MB
 
     def with_overrides(self, **overrides: Any) -> MonitorSettings:
         """A copy with the given settings changed; ``None`` values are ignored (not given)."""

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from .cgroup import current_cgroup_memory
 from .config import MonitorSettings, default_settings
-from .probes import PEAK_SOURCE_KERNEL, PeakSampler, get_probe, sampled_source
+from .probes import PEAK_SOURCE_KERNEL, PeakSampler, ProcessProbe, get_probe, sampled_source
 from .system import cached_effective_limit_bytes, process_percent, recent_system_usage, system_usage
 from .units import MB, format_mb
 
@@ -80,6 +80,13 @@ def checkpoint(label: str) -> dict | None:
 
 def _mb(n_bytes: int | None, digits: int = 3) -> float | None:
     return None if n_bytes is None else round(n_bytes / MB, digits)
+
+
+def _percent_1dp(part: int | None, whole: int | None) -> float | None:
+    """``100 * part / whole`` to one decimal, without ``round()``'s decimal conversion (hot path)."""
+    if part is None or not whole:
+        return None
+    return int(1000 * part / whole + 0.5) / 10
 
 
 @dataclass
@@ -145,30 +152,42 @@ class MemoryMonitor:
         self.log = log or logger
         self.log_level = log_level
         self.on_event = on_event
-        self._reset_state()
-
-    def _reset_state(self) -> None:
-        self._running = False
-        self._start_rss: int | None = None
-        self._peak: int = 0
-        self._peak_source = PEAK_SOURCE_KERNEL
-        self._heap_peak = 0
-        self._heap_start: int | None = None
-        self._started_tracemalloc = False
-        self._children_peak = 0
-        self._children_rusage_start: int | None = None
-        # Monitors that were active at some moment alongside this one; a count, not a set of ids, so a long-lived
-        # outer monitor around millions of tasks stays O(1) in memory.
-        self._overlapped = 0
-        self._sampler_keys: list[tuple[PeakSampler, int]] = []
-        self._token: contextvars.Token | None = None
-        self._t0 = 0.0
-        self._started_at = 0.0
         self._checkpoints: list[dict] = []
         self._errors: list[str] = []
-        self._fault_logged = False
-        self._result: dict | None = None
-        self._measurement: Measurement | None = None
+
+    # The state of one run. Immutable defaults live on the class, so a new monitor (one per task) sets only what
+    # it changes; _reset_state() drops what a previous run of a reused monitor set.
+    _running = False
+    _start_rss: int | None = None
+    _peak = 0
+    _peak_source = PEAK_SOURCE_KERNEL
+    _heap_peak = 0
+    _heap_start: int | None = None
+    _started_tracemalloc = False
+    _children_peak = 0
+    _children_rusage_start: int | None = None
+    # Monitors that were active at some moment alongside this one; a count, not a set of ids, so a long-lived outer
+    # monitor around millions of tasks stays O(1) in memory.
+    _overlapped = 0
+    _sampler_keys: tuple | list[tuple[PeakSampler, int]] = ()
+    _token: contextvars.Token | None = None
+    _t0 = 0.0
+    _started_at = 0.0
+    _fault_logged = False
+    _result: dict | None = None
+    _measurement: Measurement | None = None
+    _STATE = (
+        "_running", "_start_rss", "_peak", "_peak_source", "_heap_peak", "_heap_start", "_started_tracemalloc",
+        "_children_peak", "_children_rusage_start", "_overlapped", "_sampler_keys", "_token", "_t0", "_started_at",
+        "_fault_logged", "_result", "_measurement",
+    )  # fmt: skip
+
+    def _reset_state(self) -> None:
+        state = self.__dict__
+        for name in self._STATE:
+            state.pop(name, None)
+        self._checkpoints = []
+        self._errors = []
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _fault(self, where: str, exc: BaseException) -> None:
@@ -226,44 +245,34 @@ class MemoryMonitor:
         self._started_at = time.time()
         self._t0 = time.perf_counter()
         probe = get_probe()
+        settings = self.settings
         try:
-            mode = self.settings.peak_mode
-            use_kernel = mode != "sample" and probe.hwm_usable
-            if mode == "kernel" and not probe.hwm_usable:
-                self._errors.append(f"peak_mode=kernel unavailable: {probe.hwm_refusal}; sampling instead")
-            self._peak_source = (
-                PEAK_SOURCE_KERNEL if use_kernel else sampled_source(self.settings.sample_interval_ms / 1000.0)
-            )
-            trace = self.settings.trace_heap
+            use_kernel = probe.hwm_usable and settings.peak_mode != "sample"
+            if not use_kernel:
+                if settings.peak_mode == "kernel":
+                    self._errors.append(f"peak_mode=kernel unavailable: {probe.hwm_refusal}; sampling instead")
+                self._peak_source = sampled_source(settings.sample_interval_ms / 1000.0)
+            trace = settings.trace_heap
             if trace and not tracemalloc.is_tracing():
                 tracemalloc.start()
                 self._started_tracemalloc = True
             with _registry_lock:
-                for other in _active:
-                    other._overlapped += 1
-                self._overlapped = len(_active)
+                if _active:
+                    self._join_running_monitors(probe, use_kernel, trace)
                 if use_kernel:
-                    if _active:  # outer monitors keep the mark so far before it is reset under them
-                        mark = probe.hwm_bytes()
-                        if mark is not None:
-                            for other in _active:
-                                other._fold(mark)
                     probe.reset_hwm()
                 if trace:
-                    heap_now, heap_peak = tracemalloc.get_traced_memory()
-                    for other in _active:
-                        if other.settings.trace_heap:
-                            other._fold_heap(heap_peak)
+                    heap_now = tracemalloc.get_traced_memory()[0]
                     tracemalloc.reset_peak()
-                    self._heap_start = heap_now
-                    self._heap_peak = heap_now
+                    self._heap_start = self._heap_peak = heap_now
                 _active.add(self)
-            self._start_rss = probe.rss_bytes()
+            # Right after the reset the kernel's mark *is* the current RSS: one cheap getrusage instead of statm.
+            self._start_rss = probe.rss_after_reset() if use_kernel else probe.rss_bytes()
             self._peak = self._start_rss or 0
             if not use_kernel:
                 sampler = self._sampler("rss", probe.rss_bytes)
-                self._sampler_keys.append((sampler, sampler.add(self._fold)))
-            if self.settings.include_children:
+                self._sampler_keys = [*self._sampler_keys, (sampler, sampler.add(self._fold))]
+            if settings.include_children:
                 self._start_children()
         except Exception as exc:
             self._fault("start_monitoring", exc)
@@ -274,12 +283,30 @@ class MemoryMonitor:
             self._emit("start", {"rss_mb": _mb(self._start_rss), "started_at": self._started_at})
         return self
 
+    def _join_running_monitors(self, probe: ProcessProbe, use_kernel: bool, trace: bool) -> None:
+        """Count the overlap both ways and hand the running monitors the peaks that the coming resets would erase.
+
+        Called with the registry lock held, only when other monitors run (the nested/concurrent case)."""
+        for other in _active:
+            other._overlapped += 1
+        self._overlapped = len(_active)
+        if use_kernel:
+            mark = probe.hwm_bytes()
+            if mark is not None:
+                for other in _active:
+                    other._fold(mark)
+        if trace:
+            heap_peak = tracemalloc.get_traced_memory()[1]
+            for other in _active:
+                if other.settings.trace_heap:
+                    other._fold_heap(heap_peak)
+
     def _start_children(self) -> None:
         from .children import children_private_bytes, reaped_children_maxrss_bytes
 
         self._children_rusage_start = reaped_children_maxrss_bytes()
         sampler = self._sampler("children", children_private_bytes)
-        self._sampler_keys.append((sampler, sampler.add(self._fold_children)))
+        self._sampler_keys = [*self._sampler_keys, (sampler, sampler.add(self._fold_children))]
         sampler.sample_now()
 
     def _peak_so_far(self) -> int | None:
@@ -320,7 +347,7 @@ class MemoryMonitor:
         seed's failure lines carry the same figures)."""
         if not self._running:
             if self._result is not None:
-                return dict(self._result)
+                return self._result
             self.start_monitoring()
         probe = get_probe()
         finish_rss = peak = None
@@ -349,25 +376,27 @@ class MemoryMonitor:
             peak = finish_rss
         limit = cached_effective_limit_bytes()
         known = start is not None
-        # One dict literal, not a dataclass and a copy of it: this is the per-task hot path (benchmarks/).
+        # One dict literal, not a dataclass and a copy of it: this is the per-task hot path (benchmarks/). MB
+        # figures are not rounded: bytes are multiples of 1 KiB, so bytes / 2**20 is an exact binary fraction
+        # already, and round(x, 3) (a decimal conversion, ~2,600 instructions each) was a third of the finish cost.
         result = {
             "task_name": self.task_name,
-            "start_mb": round(start / MB, 3) if known else None,
-            "finish_mb": round(finish_rss / MB, 3) if finish_rss is not None else None,
-            "peak_mb": round(peak / MB, 3) if peak is not None else None,
-            "delta_mb": round((finish_rss - start) / MB, 3) if known and finish_rss is not None else None,
-            "peak_delta_mb": round((peak - start) / MB, 3) if known and peak is not None else None,
+            "start_mb": start / MB if known else None,
+            "finish_mb": finish_rss / MB if finish_rss is not None else None,
+            "peak_mb": peak / MB if peak is not None else None,
+            "delta_mb": (finish_rss - start) / MB if known and finish_rss is not None else None,
+            "peak_delta_mb": (peak - start) / MB if known and peak is not None else None,
             "peak_source": self._peak_source,
             "pid": _pid,
             "started_at": self._started_at,
-            "duration_s": round(time.perf_counter() - self._t0, 6),
+            "duration_s": time.perf_counter() - self._t0,
             "checkpoints": self._checkpoints,
             "gc": gc_figures,
             "heap": heap,
             "children": children,
             "overlapped": self._overlapped,
-            "limit_mb": round(limit / MB, 1) if limit else None,
-            "process_percent": round(100.0 * peak / limit, 1) if limit and peak is not None else None,
+            "limit_mb": limit / MB if limit else None,
+            "process_percent": _percent_1dp(peak, limit),
             "task_id": self.task_id,
             "errors": self._errors,
         }
@@ -379,13 +408,15 @@ class MemoryMonitor:
             )
             self._log_line(label, finish_rss, peak=peak, result=result)
         settings = self.settings
-        if (peak is not None and peak > settings.warn_peak_mb * MB) or (
+        if (peak is not None and peak > settings.warn_peak_bytes) or (
             result["process_percent"] is not None and result["process_percent"] > settings.warn_process_percent
         ):
             self._warn_thresholds(result)
         if self.on_event is not None:
             self._emit("finish", dict(result))
-        return dict(result)
+        # The caller's dict is the record itself, not a copy (the copy was ~1,000 instructions per task): the
+        # typed ``measurement`` and a repeated finish_monitoring() read this same dict.
+        return result
 
     @property
     def measurement(self) -> Measurement | None:
@@ -399,9 +430,9 @@ class MemoryMonitor:
             for sampler, key in self._sampler_keys:
                 sampler.sample_now()
                 sampler.remove(key)
-            self._sampler_keys = []
+            self._sampler_keys = ()
         with _registry_lock:
-            if self._uses_kernel_mark:
+            if self._peak_source == PEAK_SOURCE_KERNEL:  # self._uses_kernel_mark, without a property call
                 mark = probe.hwm_bytes()
                 if mark is not None:
                     for monitor in _active:
@@ -420,7 +451,7 @@ class MemoryMonitor:
             _active.discard(self)
         for sampler, key in self._sampler_keys:
             sampler.remove(key)
-        self._sampler_keys = []
+        self._sampler_keys = ()
 
     def _heap_figures(self) -> dict:
         current = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
@@ -466,18 +497,17 @@ class MemoryMonitor:
 
     def _run_gc_policy(self, probe) -> tuple[dict, int | None]:
         """Apply the GC policy; return its figures and the RSS after it (read once, reused as the finish RSS)."""
-        policy = self._gc_policy()
+        policy = self.settings.gc_policy if self.enable_gc else "never"
         rss = probe.rss_bytes()
-        if policy == "never":
-            return {"policy": policy, "collected": False}, rss
         if policy == "growth":
             reference = _gc_state["rss_after_last_full"]
             if reference is None:
                 # First work in this process: the reference is the start of this work, not zero.
-                reference = self._start_rss
-                _gc_state["rss_after_last_full"] = reference
-            if rss is None or reference is None or rss - reference < self.settings.gc_growth_mb * MB:
+                reference = _gc_state["rss_after_last_full"] = self._start_rss
+            if rss is None or reference is None or rss - reference < self.settings.gc_growth_bytes:
                 return {"policy": policy, "collected": False}, rss
+        elif policy == "never":
+            return {"policy": policy, "collected": False}, rss
         stats = self.force_garbage_collection(log_result=False)
         return {"policy": policy, "collected": True, **stats}, probe.rss_bytes()
 
@@ -554,34 +584,38 @@ class MemoryMonitor:
 
     def _log_line(self, label: str, rss: int | None, *, peak: int | None = None, result: dict | None = None) -> None:
         """``Memory [name] LABEL: RSS=…MB (peak=…MB), Process%=…%, System=…%[, GC objects=N]`` — the seed's
-        format, so existing greps keep working; the numbers also travel as ``extra={"memguard": {...}}``."""
+        format, so existing greps keep working; the numbers also travel as ``extra={"memguard": {...}}``.
+
+        Two of these per Celery task at INFO: figures are formatted once, with no ``round()`` (see finish)."""
         try:
             if peak is None:
                 peak = rss
-            usage = recent_system_usage()
-            pct = process_percent(rss)
+            system_percent = recent_system_usage()["used_percent"]
+            pct = _percent_1dp(rss, cached_effective_limit_bytes())
+            rss_text = "?MB" if rss is None else f"{rss / MB:.1f}MB"
+            peak_text = "?MB" if peak is None else f"{peak / MB:.1f}MB"
+            text = (
+                f"Memory [{self.task_name}] {label}: RSS={rss_text} (peak={peak_text}), "
+                f"Process%={'?' if pct is None else pct}%, System={system_percent}%"
+            )
             fields = {
                 "event": label.split(" ", 1)[0].split(":", 1)[0].lower(),
                 "label": label,
                 "task_name": self.task_name,
                 "task_id": self.task_id,
-                "rss_mb": _mb(rss, 1),
-                "peak_mb": _mb(peak, 1),
+                "rss_mb": None if rss is None else rss / MB,
+                "peak_mb": None if peak is None else peak / MB,
                 "process_percent": pct,
-                "system_percent": usage["used_percent"],
+                "system_percent": system_percent,
             }
-            text = (
-                f"Memory [{self.task_name}] {label}: RSS={format_mb(_mb(rss, 1))} (peak={format_mb(_mb(peak, 1))}), "
-                f"Process%={'?' if pct is None else pct}%, System={usage['used_percent']}%"
-            )
+            if result is not None:
+                fields.update(result)
             if self.settings.count_gc_objects:
                 count = len(gc.get_objects())
                 fields["gc_objects"] = count
                 text += f", GC objects={count:,}"
             if self.task_id:
                 text += f" [task_id={self.task_id}]"
-            if result is not None:
-                fields.update(result)
             self.log.log(self.log_level, text, extra={"memguard": fields})
         except Exception as exc:
             self._fault("logging", exc)

@@ -27,6 +27,7 @@ PEAK_SOURCE_KERNEL = "kernel-hwm"
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # ru_maxrss is KiB on Linux, bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+_getrusage, _RUSAGE_SELF = resource.getrusage, resource.RUSAGE_SELF
 
 
 def sampled_source(interval_s: float) -> str:
@@ -139,7 +140,7 @@ class ProcessProbe:
     @staticmethod
     def _ru_maxrss() -> int | None:
         try:
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+            return _getrusage(_RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
         except (OSError, ValueError):
             return None
 
@@ -160,9 +161,23 @@ class ProcessProbe:
 
     def hwm_bytes(self) -> int | None:
         """The kernel's high-water mark of RSS since the last :meth:`reset_hwm` (or process start)."""
-        if self.hwm_usable and self._use_status_for_hwm:
+        if self._use_status_for_hwm and self.hwm_usable:
             return self._status_hwm()
-        return self._ru_maxrss()
+        try:  # _ru_maxrss() inlined: this runs once per monitored task
+            return _getrusage(_RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+        except (OSError, ValueError):
+            return None
+
+    def rss_after_reset(self) -> int | None:
+        """Current RSS, read right after :meth:`reset_hwm`: the fresh mark *is* the RSS then, and ``getrusage``
+        (~1 us) is cheaper than parsing ``statm`` (~2 us). Where ``getrusage`` is not the resettable mark (see
+        ``_open_clear_refs``), ``statm`` it is."""
+        if not self._use_status_for_hwm:
+            try:
+                return _getrusage(_RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+            except (OSError, ValueError):
+                pass
+        return self.rss_bytes()
 
     def reset_hwm(self) -> bool:
         """Lower the high-water mark to the current RSS. Returns False when the kernel refused."""

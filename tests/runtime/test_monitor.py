@@ -429,3 +429,21 @@ def test_a_long_lived_outer_monitor_stays_small_around_many_tasks():
                 tracemalloc.stop()
     assert outer.measurement.overlapped >= 20_200
     assert grown < 64 * 1024, grown  # O(1): not one remembered id per task
+
+
+def test_start_rss_read_through_the_fresh_mark_is_the_current_rss_not_the_old_peak():
+    probe = get_probe()
+    if not probe.hwm_usable:
+        pytest.skip(f"the kernel mark cannot be reset here: {probe.hwm_refusal}")
+    buf = bytearray(200 * MB)  # raise the mark well above what stays resident
+    del buf
+    assert probe.hwm_bytes() >= probe.rss_bytes() + 150 * MB
+    probe.reset_hwm()
+    after_reset, statm = probe.rss_after_reset(), probe.rss_bytes()
+    assert abs(after_reset - statm) <= 1 * MB
+    with MemoryMonitor("fresh") as monitor:
+        pass
+    m = monitor.measurement
+    assert abs(m.start_mb - m.finish_mb) < 1
+    # MB figures are exact (bytes / 2**20), not rounded: start_mb * 2**20 is a whole number of KiB.
+    assert (m.start_mb * MB) % 1024 == 0
