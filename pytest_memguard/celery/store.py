@@ -125,6 +125,23 @@ class BackendStore:
         key = record_key(record.task_id) if record.terminal else record_key(record.task_id, record.attempt)
         self.backend.set(self._key_t(key), text)
 
+    def write_many(self, records: list[TaskMemory]) -> None:
+        """Write a batch: one pipelined round trip with Redis (expiring like results), else one write each."""
+        client = getattr(self.backend, "client", None)
+        if client is not None and hasattr(client, "pipeline") and _is_redis_backend(self.backend):
+            expires = getattr(self.backend, "expires", None)
+            with client.pipeline() as pipe:
+                for record in records:
+                    key = self._key_t(keys_for(record)[0])
+                    if expires:
+                        pipe.setex(key, int(expires), record.to_json())
+                    else:
+                        pipe.set(key, record.to_json())
+                pipe.execute()
+            return
+        for record in records:
+            self.write(record)
+
     def _key(self, key: str):
         return self._key_t(key)
 
@@ -150,6 +167,10 @@ class FolderStore:
         for key in keys_for(record):
             atomic_write(self.folder, key + ".json", data)
 
+    def write_many(self, records: list[TaskMemory]) -> None:
+        for record in records:
+            self.write(record)
+
     def read(self, key: str) -> TaskMemory | None:
         try:
             with open(os.path.join(self.folder, key + ".json"), "rb") as f:
@@ -161,6 +182,14 @@ class FolderStore:
 
     def __repr__(self) -> str:
         return f"<FolderStore {self.folder}>"
+
+
+def _is_redis_backend(backend) -> bool:
+    try:
+        from celery.backends.redis import RedisBackend
+    except ImportError:  # the redis package is an extra
+        return False
+    return isinstance(backend, RedisBackend)
 
 
 def has_key_value_api(backend) -> bool:

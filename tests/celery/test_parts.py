@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from billiard.exceptions import WorkerLostError
@@ -140,3 +141,40 @@ def test_metrics_warn_when_a_prefork_worker_cannot_share_them(tmp_path):
     assert "not a folder" in multiprocess_problem("prefork", environ={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "x")})
     assert multiprocess_problem("prefork", environ={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) is None
     assert multiprocess_problem("solo", environ={}) is None  # one process: its own registry is complete
+
+
+def test_batched_writer_turns_a_burst_into_few_writes_and_keeps_every_record():
+    from pytest_memguard.celery.delivery import BatchedWriter
+
+    batches = []
+    writer = BatchedWriter(batches.append, interval_s=0.05)
+    records = [sample_record(task_id=f"t{i}") for i in range(200)]
+    for record in records:
+        writer.submit(record)
+    deadline = time.monotonic() + 10
+    while sum(map(len, batches)) < len(records) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.task_id for batch in batches for r in batch] == [r.task_id for r in records]  # all, in order
+    assert len(batches) <= 3  # a burst shares a batch (one wake-up), not one write per task
+    assert writer.pending() == 0
+
+
+def test_batched_writer_failure_is_logged_once_and_flush_all_writes_what_is_pending(caplog):
+    from pytest_memguard.celery.delivery import BatchedWriter, flush_all
+
+    def broken(batch):
+        raise ConnectionError("backend down")
+
+    failing = BatchedWriter(broken, interval_s=600)  # its thread would wait ten minutes: flush_all() writes now
+    written = []
+    working = BatchedWriter(written.extend, interval_s=600)
+    for i in range(3):
+        failing.submit(sample_record(task_id=f"f{i}"))
+        working.submit(sample_record(task_id=f"w{i}"))
+    with caplog.at_level("WARNING", logger="pytest_memguard.celery"):
+        assert flush_all() >= 6
+        failing.submit(sample_record(task_id="f3"))
+        failing.flush()
+    assert [r.task_id for r in written] == ["w0", "w1", "w2"]
+    warnings = [r.getMessage() for r in caplog.records if "cannot deliver" in r.getMessage()]
+    assert warnings == ["memguard: cannot deliver 3 memory record(s) (backend down); tasks are unaffected"]

@@ -10,6 +10,7 @@ from pytest_memguard.celery import (
     RETRY,
     SUCCESS,
     WORKER_LOST,
+    TaskMemoryTimeout,
     collect_task_memories,
     task_memories,
     task_memory,
@@ -158,3 +159,30 @@ def test_embedded_broker_soak_loses_nothing(tmp_path):
     assert [r.state for r in records] == [SUCCESS] * n
     assert {r.task_id for r in records} == {r.id for r in results}
     assert "Unrecoverable" not in log and "JSONDecodeError" not in log
+
+
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_batched_records_still_pending_are_written_when_the_worker_stops(tmp_path, pool):
+    # A batch interval of ten minutes: only the shutdown flush (worker_shutdown / worker_process_shutdown) can
+    # have written these records.
+    env = {"MEMGUARD_RECORDS_FLUSH_MS": "600000"}
+    with running_worker(tmp_path, pool=pool, env=env) as (app, worker):
+        results = [app.send_task("fixtures.noop") for _ in range(5)]
+        for result in results:
+            result.get(timeout=RESULT_TIMEOUT)
+        with pytest.raises(TaskMemoryTimeout):
+            task_memory(results[-1], timeout=0.5)  # held by the worker's writer, not yet in the backend
+        assert worker.stop(timeout=30) == 0
+        records = task_memories(results, timeout=10, app=app, children=False)
+    assert sorted(r.task_id for r in records) == sorted(r.id for r in results)
+    assert {r.pool for r in records} == {pool}
+
+
+def test_records_are_written_inline_when_batching_is_off(tmp_path):
+    # records_flush_ms=0: each record is written in task_postrun itself (the pre-batching path, kept as an option).
+    with running_worker(tmp_path, pool="solo", env={"MEMGUARD_RECORDS_FLUSH_MS": "0"}) as (app, _worker):
+        results = [app.send_task("fixtures.spiky", args=(16,))] + [app.send_task("fixtures.noop") for _ in range(2)]
+        mems = task_memories(results, timeout=RESULT_TIMEOUT, app=app, children=False)
+    assert [m.task_id for m in mems] == [r.id for r in results]
+    assert [m.state for m in mems] == [SUCCESS] * 3
+    assert abs(mems[0].peak_delta_mb - 16) <= 2, mems[0]
