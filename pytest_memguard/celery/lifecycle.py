@@ -138,10 +138,15 @@ class Instrumentation:
 
         Off the task's path by default (:mod:`.delivery`: batched by a writer thread); inline when
         ``records_flush_ms`` is 0."""
-        local_records.add(record)
         if self._metrics is not None:
             self._metrics.observe(record)
-        if not self._deliver_to_store or record.pool == "eager":
+        to_store = self._deliver_to_store and record.pool != "eager"
+        # The in-process registry serves eager runs and collectors listening in this process. A worker process
+        # whose records go to the backend keeps none: ten thousand retained records were ~11 MB of memguard's
+        # own in every worker child, growing as tasks run (and a leak hunt would see that growth as the task's).
+        if not to_store or local_records.has_listeners():
+            local_records.add(record)
+        if not to_store:
             return
         try:
             if self._batched:
@@ -149,6 +154,7 @@ class Instrumentation:
             else:
                 (self._store or self.store(backend)).write(record)
         except Exception as exc:  # delivery must never fail the task
+            local_records.add(record)  # at least readable in this process
             if not self._delivery_warned:
                 self._delivery_warned = True
                 logger.warning("memguard: cannot deliver memory records (%s); tasks are unaffected", exc)

@@ -81,6 +81,9 @@ class LocalRecords:
         with self._lock:
             return self._records.get((task_id, attempt))
 
+    def has_listeners(self) -> bool:
+        return bool(self._listeners)  # a read of a list's length: no lock needed for a yes/no
+
     def subscribe(self, listener: Callable[[TaskMemory], None]) -> None:
         with self._lock:
             self._listeners.append(listener)
