@@ -53,7 +53,9 @@ class _Reader:
     def store(self):
         if self._store is None and self._store_error is None:
             try:
-                self._store = store_for(self.backend, _records_dir(self.app))
+                # A bare task id comes with no backend: the app's (task_memory("<id>", app=app)).
+                backend = self.backend if self.backend is not None or self.app is None else self.app.backend
+                self._store = store_for(backend, _records_dir(self.app))
             except RecordStoreError as exc:
                 self._store_error = str(exc)
         return self._store

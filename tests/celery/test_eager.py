@@ -204,3 +204,38 @@ def test_failure_and_retry_log_lines_follow_the_seed_format(app, caplog):
     text = caplog.text
     assert f"Memory [{app.main}.fail] START: RSS=" in text
     assert f"Memory [{app.main}.fail] FAILURE (delta=" in text and f"[task_id={result.id}]" in text
+
+
+def test_a_worker_process_keeps_no_local_copy_of_records_it_sends_to_the_backend(tmp_path):
+    """Through Celery's own worker-side tracer (not eager): the record goes to the backend, and this process keeps
+    none of its own unless a collector here listens."""
+    from celery.app.trace import build_tracer
+
+    from pytest_memguard.celery import embedded_app_config, lifecycle
+    from pytest_memguard.celery.delivery import flush_all
+    from pytest_memguard.celery.store import local_records
+
+    worker_app = Celery(f"worker-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    worker_app.conf.update(embedded_app_config(str(tmp_path / "embedded")))
+
+    @worker_app.task(name="noop")
+    def noop():
+        return None
+
+    instrument(worker_app)
+    tracer = build_tracer("noop", noop, app=worker_app, eager=False)
+    request = {"hostname": "w@test", "delivery_info": {"routing_key": "celery"}, "is_eager": False}
+    saved_pool = lifecycle._worker["pool"]
+    lifecycle._worker["pool"] = "solo"
+    try:
+        ids = [uuid.uuid4().hex for _ in range(3)]
+        tracer(ids[0], (), {}, {**request, "id": ids[0]})
+        with collect_task_memories(worker_app):  # a listener in this process: it gets its record locally
+            tracer(ids[1], (), {}, {**request, "id": ids[1]})
+        tracer(ids[2], (), {}, {**request, "id": ids[2]})
+        flush_all()
+    finally:
+        lifecycle._worker["pool"] = saved_pool
+        uninstrument(worker_app)
+    assert [local_records.final(i) is not None for i in ids] == [False, True, False]
+    assert [task_memory(i, timeout=5, app=worker_app).pool for i in ids] == ["solo"] * 3  # all in the backend
