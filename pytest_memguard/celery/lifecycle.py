@@ -32,7 +32,7 @@ from .collect import RUN_TAG_HEADER, active_run_tag
 from .delivery import BatchedWriter, flush_all
 from .inflight import InflightFile, oom_kill_count, read_inflight, worker_lost_record
 from .options import resolve_options
-from .records import FAILURE, RETRY, SUCCESS, TaskMemory
+from .records import FAILURE, RECORD_VERSION, RETRY, SUCCESS, TaskMemory
 from .store import local_records, store_for
 
 logger = logging.getLogger("pytest_memguard.celery")
@@ -212,8 +212,8 @@ class Instrumentation:
             found = cached_effective_limit_bytes()
             found_mb = found / MB if found else None
         if found_mb and configured:
-            return round(min(found_mb, configured), 1)
-        return round(found_mb or configured, 1) if (found_mb or configured) else None
+            return min(found_mb, configured)
+        return found_mb or configured or None
 
     def finish(self, run: TaskRun, task, celery_state: str | None) -> None:
         state = _STATE_BY_CELERY.get(celery_state or "", celery_state or "UNKNOWN")
@@ -231,37 +231,43 @@ class Instrumentation:
         self.deliver(self._record(run, state, summary), backend=task.backend)
 
     def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
-        found_limit, peak = m.get("limit_mb"), m.get("peak_mb")
-        limit = self.limit_mb(found_limit)
-        percent = m.get("process_percent")
+        found_limit, peak = m["limit_mb"], m["peak_mb"]
+        limit = found_limit if self._configured_limit_mb is None else self.limit_mb(found_limit)
+        percent = m["process_percent"]
         if limit and peak is not None and limit != found_limit:
-            percent = round(100.0 * peak / limit, 1)
-        return TaskMemory(
-            task_id=run.task_id,
-            task_name=run.task_name,
-            state=state,
-            pid=m.get("pid"),
-            hostname=run.hostname,
-            pool=run.pool,
-            attempt=run.attempt,
-            start_mb=m.get("start_mb"),
-            finish_mb=m.get("finish_mb"),
-            peak_mb=peak,
-            delta_mb=m.get("delta_mb"),
-            peak_delta_mb=m.get("peak_delta_mb"),
-            peak_source=m.get("peak_source"),
-            heap=m.get("heap"),
-            checkpoints=m.get("checkpoints") or [],
-            gc=m.get("gc") or {},
-            started_at=m.get("started_at"),
-            duration_s=m.get("duration_s"),
-            overlapped=m.get("overlapped") or 0,
-            limit_mb=limit,
-            process_percent=percent,
-            exception=run.exception,
-            run_tag=run.run_tag,
-            children=run.children,
-            errors=m.get("errors") or [],
+            percent = int(1000.0 * peak / limit + 0.5) / 10
+        # Every field, in field order, from the monitor's dict (same names) and the run: one record per task.
+        return TaskMemory.from_fields(
+            {
+                "task_id": run.task_id,
+                "task_name": run.task_name,
+                "state": state,
+                "pid": m["pid"],
+                "hostname": run.hostname,
+                "pool": run.pool,
+                "attempt": run.attempt,
+                "start_mb": m["start_mb"],
+                "finish_mb": m["finish_mb"],
+                "peak_mb": peak,
+                "delta_mb": m["delta_mb"],
+                "peak_delta_mb": m["peak_delta_mb"],
+                "peak_source": m["peak_source"],
+                "heap": m["heap"],
+                "checkpoints": m["checkpoints"],
+                "gc": m["gc"],
+                "started_at": m["started_at"],
+                "duration_s": m["duration_s"],
+                "overlapped": m["overlapped"],
+                "limit_mb": limit,
+                "process_percent": percent,
+                "exception": run.exception,
+                "signal": None,
+                "suspected_oom": None,
+                "run_tag": run.run_tag,
+                "children": run.children,
+                "errors": m["errors"],
+                "version": RECORD_VERSION,
+            }
         )
 
     def note_exception(self, task_id: str, attempt: int, exc: BaseException | None) -> bool:
@@ -317,7 +323,9 @@ def _attempt(request) -> int:
 
 
 def _request_header(request, name: str):
-    value = getattr(request, name, None)
+    # From the instance dict, not getattr(): a missing attribute raises (and catches) an AttributeError, and this
+    # runs twice per task for headers that are usually absent.
+    value = getattr(request, "__dict__", {}).get(name)
     if value is None:
         headers = getattr(request, "headers", None) or {}
         value = headers.get(name)

@@ -80,6 +80,16 @@ class TaskMemory:
             return values.copy()
         return {name: getattr(self, name) for name in _FIELD_NAMES}
 
+    @classmethod
+    def from_fields(cls, values: dict[str, Any]) -> TaskMemory:
+        """Build from a dict holding every field, in field order, without ``__init__``'s argument handling (the
+        worker builds one record per task). Raises ``ValueError`` if a field is missing or unknown."""
+        if len(values) != len(_FIELD_NAMES) or values.keys() != _FIELD_SET:
+            raise ValueError(f"TaskMemory.from_fields needs exactly the fields {_FIELD_NAMES}, got {tuple(values)}")
+        record = cls.__new__(cls)
+        record.__dict__.update(values)
+        return record
+
     def to_json(self) -> str:
         return _encode(self.as_dict())
 
@@ -111,5 +121,6 @@ class TaskMemory:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(TaskMemory))
+_FIELD_SET = frozenset(_FIELD_NAMES)
 # One encoder for every record: json.dumps with arguments builds a new JSONEncoder per call (~3 µs per record).
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode

@@ -178,3 +178,15 @@ def test_batched_writer_failure_is_logged_once_and_flush_all_writes_what_is_pend
     assert [r.task_id for r in written] == ["w0", "w1", "w2"]
     warnings = [r.getMessage() for r in caplog.records if "cannot deliver" in r.getMessage()]
     assert warnings == ["memguard: cannot deliver 3 memory record(s) (backend down); tasks are unaffected"]
+
+
+def test_from_fields_builds_the_same_record_as_the_constructor_and_rejects_a_wrong_field_set():
+    record = sample_record(checkpoints=[{"label": "a", "time_s": 0.1, "rss_mb": 1.0, "peak_mb": 1.0}])
+    rebuilt = TaskMemory.from_fields(record.as_dict())
+    assert rebuilt == record and rebuilt.to_json() == record.to_json()
+    with pytest.raises(ValueError, match="needs exactly the fields"):
+        TaskMemory.from_fields({**record.as_dict(), "peak_mbb": 1.0})
+    incomplete = record.as_dict()
+    del incomplete["pool"]
+    with pytest.raises(ValueError, match="needs exactly the fields"):
+        TaskMemory.from_fields(incomplete)
