@@ -190,3 +190,22 @@ def test_from_fields_builds_the_same_record_as_the_constructor_and_rejects_a_wro
     del incomplete["pool"]
     with pytest.raises(ValueError, match="needs exactly the fields"):
         TaskMemory.from_fields(incomplete)
+
+
+def test_folder_store_journals_follow_appends_skip_torn_lines_and_keep_writers_apart(tmp_path):
+    writer_a, writer_b, reader = FolderStore(tmp_path), FolderStore(tmp_path), FolderStore(tmp_path)
+    writer_a.write_many([sample_record(task_id="a1"), sample_record(task_id="a2", state="RETRY", attempt=0)])
+    assert reader.read(record_key("a1")).task_id == "a1"
+    assert reader.read(record_key("a2", 0)).state == "RETRY"
+    assert reader.read(record_key("b1")) is None
+    writer_b.write(sample_record(task_id="b1"))  # appended after the reader's last look: it follows on
+    assert reader.read(record_key("b1")).task_id == "b1"
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2  # a journal per writer: lines never interleave
+    # A process killed mid-write leaves a torn last line in its own journal; it is never taken for a record.
+    (tmp_path / "host-99999-1.jsonl").write_bytes(
+        sample_record(task_id="whole").to_json().encode() + b'\n{"task_id": "to'
+    )
+    assert reader.read(record_key("whole")).task_id == "whole"
+    assert reader.read(record_key("to")) is None
+    writer_a.write(sample_record(task_id="a3"))
+    assert reader.read(record_key("a3")).task_id == "a3"
