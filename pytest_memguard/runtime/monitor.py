@@ -432,7 +432,7 @@ class MemoryMonitor:
                 sampler.remove(key)
             self._sampler_keys = ()
         with _registry_lock:
-            if self._peak_source == PEAK_SOURCE_KERNEL:  # self._uses_kernel_mark, without a property call
+            if self._uses_kernel_mark:
                 mark = probe.hwm_bytes()
                 if mark is not None:
                     for monitor in _active:
@@ -497,7 +497,7 @@ class MemoryMonitor:
 
     def _run_gc_policy(self, probe) -> tuple[dict, int | None]:
         """Apply the GC policy; return its figures and the RSS after it (read once, reused as the finish RSS)."""
-        policy = self.settings.gc_policy if self.enable_gc else "never"
+        policy = self._gc_policy()
         rss = probe.rss_bytes()
         if policy == "growth":
             reference = _gc_state["rss_after_last_full"]

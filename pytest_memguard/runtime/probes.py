@@ -30,6 +30,14 @@ _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 _getrusage, _RUSAGE_SELF = resource.getrusage, resource.RUSAGE_SELF
 
 
+def _ru_maxrss() -> int | None:
+    """``getrusage``'s maximum RSS in bytes (the resettable mark on Linux, see ``_open_clear_refs``)."""
+    try:
+        return _getrusage(_RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+    except (OSError, ValueError):
+        return None
+
+
 def sampled_source(interval_s: float) -> str:
     """The ``peak_source`` label of a sampled peak, e.g. ``sampled@10ms``."""
     return f"sampled@{interval_s * 1000:g}ms"
@@ -78,7 +86,7 @@ class ProcessProbe:
         # high-water mark of the image a process replaced by exec, so a worker that a large process started
         # (vfork + exec, as subprocess does) reports the parent's size as its maxrss for ever.
         rss = self.rss_bytes()
-        maxrss = self._ru_maxrss()
+        maxrss = _ru_maxrss()
         self._use_status_for_hwm = rss is None or maxrss is None or maxrss > rss + 8 * (1 << 20)
         return True, None
 
@@ -137,13 +145,6 @@ class ProcessProbe:
         except Exception:
             return None
 
-    @staticmethod
-    def _ru_maxrss() -> int | None:
-        try:
-            return _getrusage(_RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-        except (OSError, ValueError):
-            return None
-
     def _status_hwm(self) -> int | None:
         """VmHWM from a kept-open ``/proc/self/status`` (~4 us with ``pread``, ~13 us opening and parsing lines)."""
         fd = self._status_fd
@@ -163,20 +164,16 @@ class ProcessProbe:
         """The kernel's high-water mark of RSS since the last :meth:`reset_hwm` (or process start)."""
         if self._use_status_for_hwm and self.hwm_usable:
             return self._status_hwm()
-        try:  # _ru_maxrss() inlined: this runs once per monitored task
-            return _getrusage(_RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-        except (OSError, ValueError):
-            return None
+        return _ru_maxrss()
 
     def rss_after_reset(self) -> int | None:
         """Current RSS, read right after :meth:`reset_hwm`: the fresh mark *is* the RSS then, and ``getrusage``
         (~1 us) is cheaper than parsing ``statm`` (~2 us). Where ``getrusage`` is not the resettable mark (see
         ``_open_clear_refs``), ``statm`` it is."""
         if not self._use_status_for_hwm:
-            try:
-                return _getrusage(_RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-            except (OSError, ValueError):
-                pass
+            value = _ru_maxrss()
+            if value is not None:
+                return value
         return self.rss_bytes()
 
     def reset_hwm(self) -> bool:
