@@ -26,7 +26,7 @@ from typing import Any
 from celery import signals
 
 from ..runtime.monitor import MemoryMonitor
-from ..runtime.system import cached_effective_limit_bytes
+from ..runtime.system import cached_effective_limit_bytes, percent_of
 from ..runtime.units import MB
 from .collect import RUN_TAG_HEADER, active_run_tag
 from .delivery import BatchedWriter, flush_all
@@ -235,7 +235,7 @@ class Instrumentation:
         limit = found_limit if self._configured_limit_mb is None else self.limit_mb(found_limit)
         percent = m["process_percent"]
         if limit and peak is not None and limit != found_limit:
-            percent = int(1000.0 * peak / limit + 0.5) / 10
+            percent = percent_of(peak, limit)
         # Every field, in field order, from the monitor's dict (same names) and the run: one record per task.
         return TaskMemory.from_fields(
             {

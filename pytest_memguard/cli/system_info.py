@@ -12,13 +12,7 @@ from dataclasses import dataclass
 import psutil
 
 from ..runtime.cgroup import current_cgroup_memory, effective_limit_bytes, host_total_bytes
-
-
-def percent_of(value: int | None, limit: int | None) -> float | None:
-    """``value`` as a percentage of ``limit``, to 0.1 %; ``None`` when either is unknown."""
-    if value is None or not limit:
-        return None
-    return round(100.0 * value / limit, 1)
+from ..runtime.system import percent_of
 
 
 @dataclass

@@ -28,8 +28,8 @@ from datetime import datetime
 import psutil
 
 from ..runtime.cgroup import effective_limit_bytes
+from ..runtime.system import percent_of
 from ..runtime.units import MB, format_mb
-from .system_info import percent_of
 from .usage import EXIT_OK, UsageError, compiled_regex, positive_int, positive_seconds
 from .workers import DEFAULT_PATTERN, find_processes
 

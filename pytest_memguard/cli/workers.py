@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from .system_info import percent_of
+from ..runtime.system import percent_of
 from .usage import redact_secrets
 
 # A celery command line with the ``worker`` subcommand after it: ``celery -A proj worker``, ``python -m celery

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from .cgroup import current_cgroup_memory
 from .config import MonitorSettings, default_settings
 from .probes import PEAK_SOURCE_KERNEL, PeakSampler, ProcessProbe, get_probe, sampled_source
-from .system import cached_effective_limit_bytes, process_percent, recent_system_usage, system_usage
+from .system import cached_effective_limit_bytes, percent_of, process_percent, recent_system_usage, system_usage
 from .units import MB, format_mb
 
 logger = logging.getLogger("pytest_memguard")
@@ -80,13 +80,6 @@ def checkpoint(label: str) -> dict | None:
 
 def _mb(n_bytes: int | None, digits: int = 3) -> float | None:
     return None if n_bytes is None else round(n_bytes / MB, digits)
-
-
-def _percent_1dp(part: int | None, whole: int | None) -> float | None:
-    """``100 * part / whole`` to one decimal, without ``round()``'s decimal conversion (hot path)."""
-    if part is None or not whole:
-        return None
-    return int(1000 * part / whole + 0.5) / 10
 
 
 @dataclass
@@ -396,7 +389,7 @@ class MemoryMonitor:
             "children": children,
             "overlapped": self._overlapped,
             "limit_mb": limit / MB if limit else None,
-            "process_percent": _percent_1dp(peak, limit),
+            "process_percent": percent_of(peak, limit),
             "task_id": self.task_id,
             "errors": self._errors,
         }
@@ -591,7 +584,7 @@ class MemoryMonitor:
             if peak is None:
                 peak = rss
             system_percent = recent_system_usage()["used_percent"]
-            pct = _percent_1dp(rss, cached_effective_limit_bytes())
+            pct = percent_of(rss, cached_effective_limit_bytes())
             rss_text = "?MB" if rss is None else f"{rss / MB:.1f}MB"
             peak_text = "?MB" if peak is None else f"{peak / MB:.1f}MB"
             text = (
