@@ -232,7 +232,7 @@ class Instrumentation:
 
     def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
         found_limit, peak = m["limit_mb"], m["peak_mb"]
-        limit = found_limit if self._configured_limit_mb is None else self.limit_mb(found_limit)
+        limit = self.limit_mb(found_limit)
         percent = m["process_percent"]
         if limit and peak is not None and limit != found_limit:
             percent = percent_of(peak, limit)

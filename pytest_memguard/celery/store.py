@@ -126,16 +126,13 @@ class BackendStore:
         self._key_t = getattr(backend, "key_t", str)
 
     def write(self, record: TaskMemory) -> None:
-        text = record.to_json()
-        key = record_key(record.task_id) if record.terminal else record_key(record.task_id, record.attempt)
-        self.backend.set(self._key_t(key), text)
+        self.backend.set(self._key_t(keys_for(record)[0]), record.to_json())
 
     def write_many(self, records: list[TaskMemory]) -> None:
         """Write a batch: one pipelined round trip with Redis (expiring like results), else one write each."""
-        client = getattr(self.backend, "client", None)
-        if client is not None and hasattr(client, "pipeline") and _is_redis_backend(self.backend):
-            expires = getattr(self.backend, "expires", None)
-            with client.pipeline() as pipe:
+        if _is_redis_backend(self.backend):
+            expires = self.backend.expires
+            with self.backend.client.pipeline() as pipe:
                 for record in records:
                     key = self._key_t(keys_for(record)[0])
                     if expires:
