@@ -44,7 +44,6 @@ class BatchedWriter:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure_logged = False
-        self._pid = os.getpid()
         _writers.add(self)
 
     def submit(self, record: TaskMemory) -> None:
@@ -65,8 +64,6 @@ class BatchedWriter:
 
     def flush(self) -> int:
         """Write what is pending now; returns how many records were written (or attempted)."""
-        if os.getpid() != self._pid:  # a forked child holds a copy of the parent's list: not its records
-            return 0
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
@@ -97,7 +94,6 @@ class BatchedWriter:
         self._signalled = False
         self._wake = threading.Event()
         self._thread = None
-        self._pid = os.getpid()
 
 
 def _after_fork_in_child() -> None:
