@@ -141,7 +141,8 @@ class MemoryMonitor:
         self.task_name = task_name
         self.task_id = task_id
         self.enable_gc = enable_gc
-        self.settings = (settings or default_settings()).with_overrides(**overrides)
+        settings = settings or default_settings()
+        self.settings = settings.with_overrides(**overrides) if overrides else settings
         self.log = log or logger
         self.log_level = log_level
         self.on_event = on_event
