@@ -43,9 +43,9 @@ _STATE_BY_CELERY = {"SUCCESS": SUCCESS, "FAILURE": FAILURE, "RETRY": RETRY}
 FULL_GC_HEADER = "memguard_full_gc"
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRun:
-    """The state of one running execution; found by ``(task_id, attempt)`` or through :data:`current_run`."""
+    """The state of one running execution; found through :data:`current_run` or by ``(task_id, attempt)``."""
 
     instrumentation: Instrumentation
     task_id: str
@@ -55,16 +55,16 @@ class TaskRun:
     pool: str
     run_tag: str | None
     monitor: MemoryMonitor
+    full_gc: bool = False
     inflight: InflightFile | None = None
     exception: str | None = None
     children: list[str] = field(default_factory=list)
     token: contextvars.Token | None = None
-    full_gc: bool = False
 
 
 current_run: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar("memguard_task_run", default=None)
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _by_app and the signal connections; _running needs none (single dict ops)
 _running: dict[tuple[str, int], TaskRun] = {}
 _by_app: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _worker = {"pool": None, "oom_kills": None}
@@ -85,14 +85,15 @@ def _pool_name(pool_cls: Any) -> str | None:
     return {"thread": "threads", "asynpool": "prefork"}.get(name, name) or None
 
 
-def _current_pool(request) -> str:
-    if getattr(request, "is_eager", False):
-        return "eager"
-    if _worker["pool"]:
-        return _worker["pool"]
+def _guess_pool() -> str:
+    """The pool when ``worker_init`` has not said (a worker started without it reaching us): prefork children are
+    named ``PoolWorker-N`` by billiard."""
     import multiprocessing
 
     return "prefork" if "PoolWorker" in multiprocessing.current_process().name else "unknown"
+
+
+_NO_FIELDS: dict = {}
 
 
 class Instrumentation:
@@ -106,10 +107,13 @@ class Instrumentation:
         # Resolved once here, not per task: the per-task path reads plain attributes (see bench_celery_tracer.py).
         self._configured_limit_mb = self.options.memory_limit / MB if self.options.memory_limit else None
         self._log_level = self.options.log_level
+        self._persist_always = self.options.persist_running == "always"
+        self._persist_prefork = self.options.persist_running == "auto"
         self._deliver_to_store = self.options.records
         self._batched = self.options.records_flush_ms > 0
         self._store = None
         self._writer: BatchedWriter | None = None
+        self._write = None  # this process's way to hand a record to the store (see _record_sink)
         self._delivery_warned = False
         self._metrics = None
         if self.options.metrics:
@@ -125,19 +129,26 @@ class Instrumentation:
             self._store = store_for(backend if backend is not None else self.app.backend, self.options.records_dir)
         return self._store
 
-    def _record_writer(self, backend=None) -> BatchedWriter:
-        """This process's batched writer over :meth:`store` (created on the first record; dropped at fork)."""
-        if self._writer is None:
+    def _record_sink(self, backend=None):
+        """How this process hands a record to its store, chosen on the first record (and again after a fork).
+
+        A store whose write is a round trip (Redis and the other network key-value backends) gets a
+        :class:`BatchedWriter`: the task only appends its record and a thread writes each burst in one pipeline.
+        A store whose write is a cheap local append (the journals of ``file://`` and ``records_dir``, ~3 µs) is
+        written inline: handing the record to a thread was measured to cost more than the append (the thread's
+        GIL hand-offs land on the task's own system calls), so those journals are written in ``task_postrun``."""
+        if self._write is None:
             store = self.store(backend)
-            self._writer = BatchedWriter(store.write_many, self.options.records_flush_ms / 1000.0)
-            _flush_records_at_shutdown()
-        return self._writer
+            if self._batched and store.round_trip_per_write:
+                self._writer = BatchedWriter(store.write_many, self.options.records_flush_ms / 1000.0)
+                _flush_records_at_shutdown()
+                self._write = self._writer.submit
+            else:
+                self._write = store.write
+        return self._write
 
     def deliver(self, record: TaskMemory, backend=None) -> None:
-        """Hand the record to this process's registry and metrics, and queue it for the store.
-
-        Off the task's path by default (:mod:`.delivery`: batched by a writer thread); inline when
-        ``records_flush_ms`` is 0."""
+        """Hand the record to this process's registry and metrics, and to the store (:meth:`_record_sink`)."""
         if self._metrics is not None:
             self._metrics.observe(record)
         to_store = self._deliver_to_store and record.pool != "eager"
@@ -149,10 +160,7 @@ class Instrumentation:
         if not to_store:
             return
         try:
-            if self._batched:
-                (self._writer or self._record_writer(backend)).submit(record)
-            else:
-                (self._store or self.store(backend)).write(record)
+            (self._write or self._record_sink(backend))(record)
         except Exception as exc:  # delivery must never fail the task
             local_records.add(record)  # at least readable in this process
             if not self._delivery_warned:
@@ -161,22 +169,25 @@ class Instrumentation:
 
     # -- the task lifecycle ----------------------------------------------------------------------------------
     def persist_running(self, pool: str) -> bool:
-        mode = self.options.persist_running
-        return mode == "always" or (mode == "auto" and pool == "prefork")
+        return self._persist_always or (self._persist_prefork and pool == "prefork")
 
     def start(self, task, task_id: str) -> None:
+        # The per-task path (see benchmarks/bench_celery_tracer.py): one read of task.request (a thread-local
+        # stack), its fields straight from the Context's instance dict, no lock (one dict store is atomic).
         request = task.request
-        attempt = _attempt(request)
-        pool = _current_pool(request)
-        run_tag = _request_header(request, RUN_TAG_HEADER) or (active_run_tag() if pool == "eager" else None)
-        monitor = MemoryMonitor(task.name, task_id=task_id, settings=self.settings, log=self.log)
-        monitor.log_level = self._log_level
-        run = TaskRun(self, task_id, task.name, attempt, getattr(request, "hostname", None), pool, run_tag, monitor)
-        run.full_gc = bool(_request_header(request, FULL_GC_HEADER))
-        with _lock:
-            _running[(task_id, attempt)] = run
+        fields = getattr(request, "__dict__", _NO_FIELDS)
+        attempt = fields.get("retries") or 0
+        eager = fields.get("is_eager", False)
+        pool = "eager" if eager else (_worker["pool"] or _guess_pool())
+        run_tag, full_gc = _memguard_headers(fields)
+        if run_tag is None and eager:
+            run_tag = active_run_tag()
+        name = task.name
+        monitor = MemoryMonitor(name, task_id=task_id, settings=self.settings, log=self.log, log_level=self._log_level)
+        run = TaskRun(self, task_id, name, attempt, fields.get("hostname"), pool, run_tag, monitor, bool(full_gc))
+        _running[(task_id, attempt)] = run
         monitor.start_monitoring()
-        if self.persist_running(pool):
+        if self._persist_always or (self._persist_prefork and pool == "prefork"):
             run.inflight = self._open_inflight(run)
             monitor.on_event = _checkpoint_persister(run.inflight)
         run.token = current_run.set(run)
@@ -228,7 +239,9 @@ class Instrumentation:
                 current_run.set(None)
         if run.inflight is not None:
             run.inflight.remove()
-        self.deliver(self._record(run, state, summary), backend=task.backend)
+        # The backend is only needed to choose this process's store, on its first record (task.backend is a
+        # property over a thread-local, not free per task).
+        self.deliver(self._record(run, state, summary), backend=None if self._write is not None else task.backend)
 
     def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
         found_limit, peak = m["limit_mb"], m["peak_mb"]
@@ -271,7 +284,8 @@ class Instrumentation:
         )
 
     def note_exception(self, task_id: str, attempt: int, exc: BaseException | None) -> bool:
-        with _lock:
+        run = current_run.get()
+        if run is None or run.task_id != task_id or run.attempt != attempt:
             run = _running.get((task_id, attempt))
         if run is None:
             return False
@@ -322,14 +336,18 @@ def _attempt(request) -> int:
     return int(getattr(request, "retries", 0) or 0) if request is not None else 0
 
 
-def _request_header(request, name: str):
-    # From the instance dict, not getattr(): a missing attribute raises (and catches) an AttributeError, and this
-    # runs twice per task for headers that are usually absent.
-    value = getattr(request, "__dict__", {}).get(name)
-    if value is None:
-        headers = getattr(request, "headers", None) or {}
-        value = headers.get(name)
-    return value
+def _memguard_headers(fields: dict) -> tuple[Any, Any]:
+    """The run tag and full-GC headers of a request, from its instance dict (Celery copies message headers into
+    it) or its ``headers``; both are usually absent, so this is two dict misses in the common case."""
+    run_tag, full_gc = fields.get(RUN_TAG_HEADER), fields.get(FULL_GC_HEADER)
+    if run_tag is None or full_gc is None:
+        headers = fields.get("headers")
+        if headers:
+            if run_tag is None:
+                run_tag = headers.get(RUN_TAG_HEADER)
+            if full_gc is None:
+                full_gc = headers.get(FULL_GC_HEADER)
+    return run_tag, full_gc
 
 
 # -- signal receivers: one set for every instrumented app ----------------------------------------------------------
@@ -346,12 +364,15 @@ def _on_prerun(sender=None, task_id=None, task=None, **_):
 
 
 def _on_postrun(sender=None, task_id=None, task=None, state=None, **_):
-    # Looked up by key, not by app: a task started before uninstrument() must still finish its monitor.
-    task = task or sender
-    with _lock:
-        run = _running.pop((task_id, _attempt(task.request)), None)
-    if run is not None:
-        run.instrumentation.finish(run, task, state)
+    # The run is found through the context its task_prerun set (the same thread/greenlet), else by key; either way
+    # not by app: a task started before uninstrument() must still finish its monitor.
+    run = current_run.get()
+    if run is None or run.task_id != task_id:
+        run = _running.get((task_id, _attempt((task or sender).request)))
+        if run is None:
+            return
+    _running.pop((task_id, run.attempt), None)
+    run.instrumentation.finish(run, task or sender, state)
 
 
 def _on_failure(sender=None, task_id=None, exception=None, **_):
@@ -479,6 +500,7 @@ def _forget_stores() -> None:
     for instr in list(_by_app.values()):
         instr._store = None
         instr._writer = None
+        instr._write = None
 
 
 def _flush_pending_records(**_) -> None:
@@ -497,5 +519,4 @@ if hasattr(os, "register_at_fork"):
 
 def running_tasks() -> list[TaskRun]:
     """Executions being measured in this process right now (for diagnostics and the pytest plugin)."""
-    with _lock:
-        return list(_running.values())
+    return list(_running.values())  # one C-level copy: atomic under the GIL, like the stores and pops of _running

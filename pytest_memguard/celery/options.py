@@ -8,9 +8,10 @@ A misspelt key is an error that lists the known ones, not a silently ignored set
 Celery-layer options (environment variable, default):
 
 - ``records`` (``MEMGUARD_RECORDS``, on): deliver a ``TaskMemory`` per execution to the result backend.
-- ``records_flush_ms`` (``MEMGUARD_RECORDS_FLUSH_MS``, 5): records are written off the task's path, in batches, by a
-  writer thread, at most about this long after their task finished; ``0`` writes each one inline in
-  ``task_postrun`` (one more backend write per task: ~100 µs with the file backend, a round trip with Redis).
+- ``records_flush_ms`` (``MEMGUARD_RECORDS_FLUSH_MS``, 5): with a result backend where each write is a round trip
+  (Redis, other key-value servers), records are written off the task's path, in batches, by a writer thread, at most
+  about this long after their task finished; ``0`` writes each one inline in ``task_postrun``. Journals (``file://``,
+  ``records_dir``) are always appended inline: a local append is cheaper than the hand-off to a thread.
 - ``records_dir`` (``MEMGUARD_RECORDS_DIR``, none): deliver records to this folder instead (for result backends
   without a key-value API, e.g. ``rpc://`` or the database backend). Caller and worker must see the same folder.
 - ``inflight_dir`` (``MEMGUARD_INFLIGHT_DIR``, ``<tmp>/memguard-inflight-<uid>``): where a running task's START

@@ -82,10 +82,13 @@ class TaskMemory:
 
     @classmethod
     def from_fields(cls, values: dict[str, Any]) -> TaskMemory:
-        """Build from a dict holding every field, in field order, without ``__init__``'s argument handling (the
-        worker builds one record per task). Raises ``ValueError`` if a field is missing or unknown."""
-        if len(values) != len(_FIELD_NAMES) or values.keys() != _FIELD_SET:
-            raise ValueError(f"TaskMemory.from_fields needs exactly the fields {_FIELD_NAMES}, got {tuple(values)}")
+        """Build from a dict holding every field, in field order (which :meth:`to_line` relies on), without
+        ``__init__``'s argument handling (the worker builds one record per task). Raises ``ValueError`` if a field
+        is missing, unknown or out of order."""
+        if tuple(values) != _FIELD_NAMES:
+            raise ValueError(
+                f"TaskMemory.from_fields needs exactly the fields, in field order, {_FIELD_NAMES}; got {tuple(values)}"
+            )
         record = cls.__new__(cls)
         record.__dict__.update(values)
         return record
@@ -106,6 +109,29 @@ class TaskMemory:
     def from_json(cls, text: str | bytes) -> TaskMemory:
         return cls.from_dict(json.loads(text))
 
+    def to_line(self) -> str:
+        """The compact form written to journals: a JSON array of the values in field order, led by the layout
+        number (``[1, "<task_id>", …]``). Why: dropping the 28 key strings makes encoding a third cheaper (~8 µs
+        to ~5.5 µs per record measured), and journals are written on the task's path. :meth:`from_line` reads it,
+        and also reads a ``to_json`` object line."""
+        values = self.__dict__
+        if tuple(values) == _FIELD_NAMES:  # built by __init__ or from_fields: the values are in field order
+            return _encode([LINE_LAYOUT, *values.values()])
+        return _encode([LINE_LAYOUT, *(getattr(self, name) for name in _FIELD_NAMES)])
+
+    @classmethod
+    def from_line(cls, text: str | bytes) -> TaskMemory:
+        """Read a :meth:`to_line` (or :meth:`to_json`) line; ``ValueError`` for anything else."""
+        data = json.loads(text)
+        if isinstance(data, dict):
+            return cls.from_dict(data)
+        if not isinstance(data, list) or not data:
+            raise ValueError(f"not a TaskMemory line: {str(text)[:80]!r}")
+        names = _LINE_LAYOUTS.get(data[0])
+        if names is None or len(data) != len(names) + 1:
+            raise ValueError(f"not a TaskMemory line of a known layout (layout {data[0]!r}, {len(data)} values)")
+        return cls.from_dict(dict(zip(names, data[1:], strict=True)))
+
     def summary(self) -> str:
         """One line in the seed's spirit, for reports: ``name[id] STATE peak=…MB (+…MB over start) …``."""
         text = (
@@ -121,6 +147,18 @@ class TaskMemory:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(TaskMemory))
-_FIELD_SET = frozenset(_FIELD_NAMES)
+#: The field order of each journal line layout: a line is read by the names of its layout, so journals written by
+#: an older worker stay readable. Adding, removing or reordering a field means a new layout number here.
+_LINE_LAYOUTS: dict[int, tuple[str, ...]] = {
+    1: (
+        "task_id", "task_name", "state", "pid", "hostname", "pool", "attempt", "start_mb", "finish_mb", "peak_mb",
+        "delta_mb", "peak_delta_mb", "peak_source", "heap", "checkpoints", "gc", "started_at", "duration_s",
+        "overlapped", "limit_mb", "process_percent", "exception", "signal", "suspected_oom", "run_tag", "children",
+        "errors", "version",
+    ),
+}  # fmt: skip
+LINE_LAYOUT = 1
+if _LINE_LAYOUTS[LINE_LAYOUT] != _FIELD_NAMES:  # a field was changed without a new line layout: fail loudly, at import
+    raise RuntimeError(f"TaskMemory fields {_FIELD_NAMES} differ from line layout {LINE_LAYOUT}: add a new layout")
 # One encoder for every record: json.dumps with arguments builds a new JSONEncoder per call (~3 µs per record).
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode

@@ -19,11 +19,13 @@ backend at all. Backends without a key-value API (``rpc://``, database) use a fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -120,6 +122,9 @@ class RecordStoreError(RuntimeError):
 class BackendStore:
     """Records in a Celery result backend's key-value API (Redis, file, memcached, …): ``set``/``get``."""
 
+    #: Each write is a round trip to a server: worth batching off the task's path (:mod:`.delivery`).
+    round_trip_per_write = True
+
     def __init__(self, backend) -> None:
         self.backend = backend
         # Backends differ in key type (the file backend joins bytes paths, Redis takes str): Celery's key_t says.
@@ -158,7 +163,8 @@ class BackendStore:
 
 
 class FolderStore:
-    """Records as JSON lines appended to per-process journals in a folder that callers and workers share.
+    """Records as lines (:meth:`TaskMemory.to_line`, a JSON array) appended to per-process journals in a folder
+    that callers and workers share.
 
     Used with the ``file://`` result backend (in its folder, ``memguard-records/``) and for backends without a
     key-value API (``records_dir``). Why journals rather than a file per record: creating and renaming a file cost
@@ -169,6 +175,8 @@ class FolderStore:
     """
 
     ROTATE_BYTES = 64 << 20
+    #: A write is one local append: cheaper inline than handed to a writer thread (see ``Instrumentation``).
+    round_trip_per_write = False
     #: How many records a reading process keeps indexed (oldest forgotten first).
     INDEX_CAPACITY = 200_000
 
@@ -177,35 +185,47 @@ class FolderStore:
         os.makedirs(self.folder, exist_ok=True)
         self._lock = threading.Lock()
         self._fd: int | None = None
-        self._fd_pid: int | None = None
         self._written = 0
         self._offsets: dict[str, int] = {}
         self._index: OrderedDict[str, TaskMemory] = OrderedDict()
+        _folder_stores.add(self)
 
     # -- writing (workers) -------------------------------------------------------------------------------------
     def write(self, record: TaskMemory) -> None:
-        self.write_many([record])
+        self._append(record.to_line().encode() + b"\n")
 
     def write_many(self, records: list[TaskMemory]) -> None:
-        data = b"".join(record.to_json().encode() + b"\n" for record in records)
+        self._append(b"".join(record.to_line().encode() + b"\n" for record in records))
+
+    def _append(self, data: bytes) -> None:
         with self._lock:
-            fd = self._journal(len(data))
+            fd = self._fd
+            if fd is None or self._written + len(data) > self.ROTATE_BYTES:
+                fd = self._open_journal()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             self._written += len(data)
 
-    def _journal(self, incoming: int) -> int:
-        pid = os.getpid()
-        if self._fd is not None and self._fd_pid == pid and self._written + incoming <= self.ROTATE_BYTES:
-            return self._fd
-        if self._fd is not None and self._fd_pid == pid:  # rotating: a forked child leaves the parent's fd alone
+    def _open_journal(self) -> int:
+        """A new journal of this process's own (the first write, a rotation, or the first write after a fork)."""
+        if self._fd is not None:
             os.close(self._fd)
-        name = f"{socket.gethostname()}-{pid}-{time.time_ns()}.jsonl"
+        name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.jsonl"
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(os.path.join(self.folder, name), flags, 0o644)
-        self._fd_pid, self._written = pid, 0
+        self._written = 0
         return self._fd
+
+    def _after_fork_in_child(self) -> None:
+        # The inherited descriptor is the parent's journal: this process writes one of its own (closing our copy
+        # of the descriptor leaves the parent's open).
+        self._lock = threading.Lock()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+        self._written = 0
 
     # -- reading (callers) -------------------------------------------------------------------------------------
     def read(self, key: str) -> TaskMemory | None:
@@ -237,7 +257,7 @@ class FolderStore:
                 continue
             for line in chunk[:end].split(b"\n"):
                 try:
-                    record = TaskMemory.from_json(line)
+                    record = TaskMemory.from_line(line)
                 except ValueError:  # not a record (JSONDecodeError is a ValueError): skip the line, keep the rest
                     continue
                 for key in keys_for(record):
@@ -250,6 +270,17 @@ class FolderStore:
     def __repr__(self) -> str:
         return f"<FolderStore {self.folder}>"
 
+
+_folder_stores: weakref.WeakSet[FolderStore] = weakref.WeakSet()
+
+
+def _folder_stores_after_fork() -> None:
+    for store in list(_folder_stores):
+        store._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_folder_stores_after_fork)
 
 RECORDS_FOLDER = "memguard-records"
 

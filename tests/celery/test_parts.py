@@ -184,12 +184,31 @@ def test_from_fields_builds_the_same_record_as_the_constructor_and_rejects_a_wro
     record = sample_record(checkpoints=[{"label": "a", "time_s": 0.1, "rss_mb": 1.0, "peak_mb": 1.0}])
     rebuilt = TaskMemory.from_fields(record.as_dict())
     assert rebuilt == record and rebuilt.to_json() == record.to_json()
-    with pytest.raises(ValueError, match="needs exactly the fields"):
+    with pytest.raises(ValueError, match="needs exactly the fields, in field order"):
         TaskMemory.from_fields({**record.as_dict(), "peak_mbb": 1.0})
     incomplete = record.as_dict()
     del incomplete["pool"]
-    with pytest.raises(ValueError, match="needs exactly the fields"):
+    with pytest.raises(ValueError, match="needs exactly the fields, in field order"):
         TaskMemory.from_fields(incomplete)
+
+
+def test_journal_lines_round_trip_in_field_order_and_old_or_foreign_lines_are_told_apart():
+    record = sample_record(checkpoints=[{"label": "a", "time_s": 0.1, "rss_mb": 1.0, "peak_mb": 1.0}], attempt=2)
+    line = record.to_line()
+    assert json.loads(line)[:4] == [1, "abc", "proj.task", "SUCCESS"]  # layout, then values in field order
+    assert TaskMemory.from_line(line) == record
+    assert TaskMemory.from_line(record.to_json()) == record  # an object line (older journals) reads too
+    # A record whose attributes were re-set out of order still writes its values under the right names.
+    shuffled = sample_record()
+    del shuffled.pid
+    shuffled.pid = 4242
+    assert TaskMemory.from_line(shuffled.to_line()).pid == 4242
+    with pytest.raises(ValueError, match="known layout"):
+        TaskMemory.from_line(json.dumps([99, "abc"]))
+    with pytest.raises(ValueError, match="known layout"):
+        TaskMemory.from_line(json.dumps([1, "abc", "proj.task"]))
+    with pytest.raises(ValueError, match="not a TaskMemory line"):
+        TaskMemory.from_line("42")
 
 
 def test_folder_store_journals_follow_appends_skip_torn_lines_and_keep_writers_apart(tmp_path):
@@ -203,7 +222,7 @@ def test_folder_store_journals_follow_appends_skip_torn_lines_and_keep_writers_a
     assert len(list(tmp_path.glob("*.jsonl"))) == 2  # a journal per writer: lines never interleave
     # A process killed mid-write leaves a torn last line in its own journal; it is never taken for a record.
     (tmp_path / "host-99999-1.jsonl").write_bytes(
-        sample_record(task_id="whole").to_json().encode() + b'\n{"task_id": "to'
+        sample_record(task_id="whole").to_line().encode() + b'\n[1, "to'
     )
     assert reader.read(record_key("whole")).task_id == "whole"
     assert reader.read(record_key("to")) is None

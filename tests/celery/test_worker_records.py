@@ -161,12 +161,13 @@ def test_embedded_broker_soak_loses_nothing(tmp_path):
     assert "Unrecoverable" not in log and "JSONDecodeError" not in log
 
 
+@pytest.mark.services
 @pytest.mark.parametrize("pool", ["solo", "prefork"])
 def test_batched_records_still_pending_are_written_when_the_worker_stops(tmp_path, pool):
-    # A batch interval of ten minutes: only the shutdown flush (worker_shutdown / worker_process_shutdown) can
-    # have written these records.
+    # Batching applies where a write is a round trip (Redis). A batch interval of ten minutes: only the shutdown
+    # flush (worker_shutdown / worker_process_shutdown) can have written these records.
     env = {"MEMGUARD_RECORDS_FLUSH_MS": "600000"}
-    with running_worker(tmp_path, pool=pool, env=env) as (app, worker):
+    with running_worker(tmp_path, kind="redis", pool=pool, env=env) as (app, worker):
         results = [app.send_task("fixtures.noop") for _ in range(5)]
         for result in results:
             result.get(timeout=RESULT_TIMEOUT)
@@ -178,9 +179,21 @@ def test_batched_records_still_pending_are_written_when_the_worker_stops(tmp_pat
     assert {r.pool for r in records} == {pool}
 
 
+def test_embedded_journals_are_written_in_task_postrun_whatever_the_batch_interval(tmp_path):
+    # A journal append is cheaper inline than handed to a writer thread, so the batch interval does not apply to
+    # it: with ten minutes of it, every record is still readable while the worker runs.
+    with running_worker(tmp_path, pool="solo", env={"MEMGUARD_RECORDS_FLUSH_MS": "600000"}) as (app, _worker):
+        results = [app.send_task("fixtures.noop") for _ in range(3)]
+        mems = task_memories(results, timeout=RESULT_TIMEOUT, app=app, children=False)
+    assert [m.task_id for m in mems] == [r.id for r in results]
+    assert [m.state for m in mems] == [SUCCESS] * 3
+
+
+@pytest.mark.services
 def test_records_are_written_inline_when_batching_is_off(tmp_path):
-    # records_flush_ms=0: each record is written in task_postrun itself (the pre-batching path, kept as an option).
-    with running_worker(tmp_path, pool="solo", env={"MEMGUARD_RECORDS_FLUSH_MS": "0"}) as (app, _worker):
+    # records_flush_ms=0: with Redis too, each record is written in task_postrun itself (one round trip per task).
+    env = {"MEMGUARD_RECORDS_FLUSH_MS": "0"}
+    with running_worker(tmp_path, kind="redis", pool="solo", env=env) as (app, _worker):
         results = [app.send_task("fixtures.spiky", args=(16,))] + [app.send_task("fixtures.noop") for _ in range(2)]
         mems = task_memories(results, timeout=RESULT_TIMEOUT, app=app, children=False)
     assert [m.task_id for m in mems] == [r.id for r in results]
