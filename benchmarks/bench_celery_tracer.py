@@ -1,9 +1,10 @@
 """Per-task cost of instrumentation on Celery's own task path, in-process: no broker, no worker loop, no polling.
 
-    python benchmarks/bench_celery_tracer.py [--tasks 2000] [--batches 7] [--profile]
+    python benchmarks/bench_celery_tracer.py [--tasks 2000] [--batches 7] [--loglevel WARNING] [--profile]
 
 Builds the tracer a worker builds for ``fixtures.noop`` (``celery.app.trace.build_tracer``, not eager: the result
-is stored in the embedded ``file://`` backend, signals fire, logging at INFO goes to a file) and calls it in a loop,
+is stored in the embedded ``file://`` backend, signals fire, logging at ``--loglevel`` goes to a file:
+WARNING, what ``celery worker`` runs at without ``-l``, or INFO) and calls it in a loop,
 once with ``MEMGUARD_INSTRUMENT=0`` and once with ``=1``, each variant in its own fresh interpreter (the app is
 instrumented at import). Prints the minimum per-task time over the batches of each variant (the least disturbed
 batch on a noisy machine), wall clock and this process's CPU time (which other processes on the machine disturb
@@ -26,13 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_variant(tasks: int, batches: int, profile: bool) -> dict:
+def run_variant(tasks: int, batches: int, profile: bool, loglevel: str) -> dict:
     """Inside the child interpreter: time ``batches`` batches of ``tasks`` tracer calls."""
     import logging
 
     sys.path.insert(0, str(ROOT))
     log_file = os.path.join(os.environ["MEMGUARD_FS_FOLDER"], "worker.log")
-    logging.basicConfig(filename=log_file, level=logging.INFO)
+    logging.basicConfig(filename=log_file, level=getattr(logging, loglevel))
     from celery.app.trace import build_tracer
 
     from fixtures.celery_app import app
@@ -66,12 +67,12 @@ def run_variant(tasks: int, batches: int, profile: bool) -> dict:
         batch()
         prof.disable()
         text = io.StringIO()
-        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof, stream=text).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "30")))
         out["profile"] = text.getvalue()
     return out
 
 
-def spawn(instrumented: bool, tasks: int, batches: int, profile: bool) -> dict:
+def spawn(instrumented: bool, tasks: int, batches: int, profile: bool, loglevel: str) -> dict:
     folder = tempfile.mkdtemp(prefix="memguard-tracer-")
     env = {
         **os.environ,
@@ -79,7 +80,7 @@ def spawn(instrumented: bool, tasks: int, batches: int, profile: bool) -> dict:
         "MEMGUARD_FS_FOLDER": folder,
         "MEMGUARD_QUEUE": f"tracer-{uuid.uuid4().hex[:8]}",
     }
-    argv = [sys.executable, __file__, "--child", "--tasks", str(tasks), "--batches", str(batches)]
+    argv = [sys.executable, __file__, "--child", "--tasks", str(tasks), "--batches", str(batches), "--loglevel", loglevel]
     if profile:
         argv.append("--profile")
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
@@ -90,14 +91,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=7)
+    parser.add_argument("--loglevel", choices=("WARNING", "INFO"), default="WARNING")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_variant(args.tasks, args.batches, args.profile)))
+        print(json.dumps(run_variant(args.tasks, args.batches, args.profile, args.loglevel)))
         return 0
-    base = spawn(False, args.tasks, args.batches, False)
-    inst = spawn(True, args.tasks, args.batches, args.profile)
+    base = spawn(False, args.tasks, args.batches, False, args.loglevel)
+    inst = spawn(True, args.tasks, args.batches, args.profile, args.loglevel)
+    print(f"log level {args.loglevel}, {args.tasks} tasks x {args.batches} batches")
     for key, what in (("per_task_us", "wall"), ("cpu_per_task_us", "cpu")):
         b, i = min(base[key]), min(inst[key])
         print(f"{what}: baseline min {b:.1f} us/task, instrumented min {i:.1f} us/task")
