@@ -67,7 +67,9 @@ def run_variant(tasks: int, batches: int, profile: bool, loglevel: str) -> dict:
         batch()
         prof.disable()
         text = io.StringIO()
-        pstats.Stats(prof, stream=text).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "30")))
+        # BENCH_SORT (a pstats key, default tottime) and BENCH_TOP (default 30) shape the listing.
+        stats = pstats.Stats(prof, stream=text).sort_stats(os.environ.get("BENCH_SORT", "tottime"))
+        stats.print_stats(int(os.environ.get("BENCH_TOP", "30")))
         out["profile"] = text.getvalue()
     return out
 
@@ -80,7 +82,8 @@ def spawn(instrumented: bool, tasks: int, batches: int, profile: bool, loglevel:
         "MEMGUARD_FS_FOLDER": folder,
         "MEMGUARD_QUEUE": f"tracer-{uuid.uuid4().hex[:8]}",
     }
-    argv = [sys.executable, __file__, "--child", "--tasks", str(tasks), "--batches", str(batches), "--loglevel", loglevel]
+    argv = [sys.executable, __file__, "--child", "--tasks", str(tasks), "--batches", str(batches)]
+    argv += ["--loglevel", loglevel]
     if profile:
         argv.append("--profile")
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
