@@ -221,9 +221,7 @@ def test_folder_store_journals_follow_appends_skip_torn_lines_and_keep_writers_a
     assert reader.read(record_key("b1")).task_id == "b1"
     assert len(list(tmp_path.glob("*.jsonl"))) == 2  # a journal per writer: lines never interleave
     # A process killed mid-write leaves a torn last line in its own journal; it is never taken for a record.
-    (tmp_path / "host-99999-1.jsonl").write_bytes(
-        sample_record(task_id="whole").to_line().encode() + b'\n[1, "to'
-    )
+    (tmp_path / "host-99999-1.jsonl").write_bytes(sample_record(task_id="whole").to_line().encode() + b'\n[1, "to')
     assert reader.read(record_key("whole")).task_id == "whole"
     assert reader.read(record_key("to")) is None
     writer_a.write(sample_record(task_id="a3"))
