@@ -8,8 +8,10 @@ Its attribute names are the monitor's (:class:`pytest_memguard.runtime.Measureme
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from json import encoder as json_encoder
+from typing import Any, NamedTuple
 
 from ..runtime.units import format_mb
 
@@ -110,14 +112,24 @@ class TaskMemory:
         return cls.from_dict(json.loads(text))
 
     def to_line(self) -> str:
-        """The compact form written to journals: a JSON array of the values in field order, led by the layout
-        number (``[1, "<task_id>", …]``). Why: dropping the 28 key strings makes encoding a third cheaper (~8 µs
-        to ~5.5 µs per record measured), and journals are written on the task's path. :meth:`from_line` reads it,
-        and also reads a ``to_json`` object line."""
+        """The compact form written to journals, on the task's path: a JSON array of the values in field order, led
+        by the layout number (``[1, "<task_id>", …]``), with the monitor's five RSS figures as whole KiB.
+
+        Why: per record, the 28 key strings and the shortest-repr of each float were most of the cost. Without the
+        keys, with integers for the figures that are exact KiB counts (RSS is counted in pages and KiB, so
+        ``start_mb * 1024`` is a whole number; one that is not stays a float) and an encoder built once, a line
+        costs ~38k instructions where the keyed object took ~111k. :meth:`from_line` reads it back exactly, and
+        also reads a ``to_json`` object line."""
         values = self.__dict__
         if tuple(values) == _FIELD_NAMES:  # built by __init__ or from_fields: the values are in field order
-            return _encode([LINE_LAYOUT, *values.values()])
-        return _encode([LINE_LAYOUT, *(getattr(self, name) for name in _FIELD_NAMES)])
+            line = [LINE_LAYOUT, *values.values()]
+        else:
+            line = [LINE_LAYOUT, *(getattr(self, name) for name in _FIELD_NAMES)]
+        for position in _KIB_POSITIONS:
+            mb = line[position]
+            if mb.__class__ is float and (kib := mb * 1024.0).is_integer():
+                line[position] = int(kib)
+        return _encode_line(line)
 
     @classmethod
     def from_line(cls, text: str | bytes) -> TaskMemory:
@@ -127,10 +139,14 @@ class TaskMemory:
             return cls.from_dict(data)
         if not isinstance(data, list) or not data:
             raise ValueError(f"not a TaskMemory line: {str(text)[:80]!r}")
-        names = _LINE_LAYOUTS.get(data[0])
-        if names is None or len(data) != len(names) + 1:
+        layout = _LINE_LAYOUTS.get(data[0])
+        if layout is None or len(data) != len(layout.names) + 1:
             raise ValueError(f"not a TaskMemory line of a known layout (layout {data[0]!r}, {len(data)} values)")
-        return cls.from_dict(dict(zip(names, data[1:], strict=True)))
+        values = dict(zip(layout.names, data[1:], strict=True))
+        for name in layout.kib_fields:
+            if values[name].__class__ is int:  # whole KiB (a float was written as it was)
+                values[name] /= 1024
+        return cls.from_dict(values)
 
     def summary(self) -> str:
         """One line in the seed's spirit, for reports: ``name[id] STATE peak=…MB (+…MB over start) …``."""
@@ -147,18 +163,45 @@ class TaskMemory:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(TaskMemory))
-#: The field order of each journal line layout: a line is read by the names of its layout, so journals written by
-#: an older worker stay readable. Adding, removing or reordering a field means a new layout number here.
-_LINE_LAYOUTS: dict[int, tuple[str, ...]] = {
-    1: (
-        "task_id", "task_name", "state", "pid", "hostname", "pool", "attempt", "start_mb", "finish_mb", "peak_mb",
-        "delta_mb", "peak_delta_mb", "peak_source", "heap", "checkpoints", "gc", "started_at", "duration_s",
-        "overlapped", "limit_mb", "process_percent", "exception", "signal", "suspected_oom", "run_tag", "children",
-        "errors", "version",
+
+
+class LineLayout(NamedTuple):
+    """How a journal line is laid out: the field names in order, and which of them are written as whole KiB."""
+
+    names: tuple[str, ...]
+    kib_fields: tuple[str, ...]
+
+
+#: Each journal line layout: a line is read by the layout it names, so journals written by an older worker stay
+#: readable. Adding, removing or reordering a field (or a KiB figure) means a new layout number here.
+_LINE_LAYOUTS: dict[int, LineLayout] = {
+    1: LineLayout(
+        names=(
+            "task_id", "task_name", "state", "pid", "hostname", "pool", "attempt", "start_mb", "finish_mb", "peak_mb",
+            "delta_mb", "peak_delta_mb", "peak_source", "heap", "checkpoints", "gc", "started_at", "duration_s",
+            "overlapped", "limit_mb", "process_percent", "exception", "signal", "suspected_oom", "run_tag",
+            "children", "errors", "version",
+        ),
+        kib_fields=("start_mb", "finish_mb", "peak_mb", "delta_mb", "peak_delta_mb"),
     ),
 }  # fmt: skip
 LINE_LAYOUT = 1
-if _LINE_LAYOUTS[LINE_LAYOUT] != _FIELD_NAMES:  # a field was changed without a new line layout: fail loudly, at import
+if _LINE_LAYOUTS[LINE_LAYOUT].names != _FIELD_NAMES:  # a field changed without a new line layout: fail at import
     raise RuntimeError(f"TaskMemory fields {_FIELD_NAMES} differ from line layout {LINE_LAYOUT}: add a new layout")
+_KIB_POSITIONS = tuple(1 + _FIELD_NAMES.index(name) for name in _LINE_LAYOUTS[LINE_LAYOUT].kib_fields)
 # One encoder for every record: json.dumps with arguments builds a new JSONEncoder per call (~3 µs per record).
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _line_encoder() -> Callable[[Any], str]:
+    """``JSONEncoder.encode`` without its per-call set-up: json's C encoder, made once (``encode`` builds it on
+    every call, ~6k instructions), without the circular-reference check a record (a tree) does not need. Falls back
+    to :data:`_encode` where json has no C accelerator."""
+    make = getattr(json_encoder, "c_make_encoder", None)
+    if make is None:
+        return _encode
+    iterencode = make(None, str, json_encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda value: "".join(iterencode(value, 0))
+
+
+_encode_line = _line_encoder()

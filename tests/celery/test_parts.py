@@ -197,6 +197,14 @@ def test_journal_lines_round_trip_in_field_order_and_old_or_foreign_lines_are_to
     line = record.to_line()
     assert json.loads(line)[:4] == [1, "abc", "proj.task", "SUCCESS"]  # layout, then values in field order
     assert TaskMemory.from_line(line) == record
+    # RSS figures travel as whole KiB when they are (RSS is counted in pages), exactly; others stay floats.
+    figures = sample_record(
+        start_mb=29.28515625, finish_mb=29.0, peak_mb=30.1, delta_mb=-0.28515625, peak_delta_mb=None
+    )
+    values = json.loads(figures.to_line())
+    assert values[8:13] == [29988, 29696, 30.1, -292, None]
+    assert all(type(v) is int for v in values[8:10]) and type(values[10]) is float
+    assert TaskMemory.from_line(figures.to_line()) == figures
     assert TaskMemory.from_line(record.to_json()) == record  # an object line (older journals) reads too
     # A record whose attributes were re-set out of order still writes its values under the right names.
     shuffled = sample_record()
