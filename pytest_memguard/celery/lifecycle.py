@@ -187,7 +187,7 @@ class Instrumentation:
         run = TaskRun(self, task_id, name, attempt, fields.get("hostname"), pool, run_tag, monitor, bool(full_gc))
         _running[(task_id, attempt)] = run
         monitor.start_monitoring()
-        if self._persist_always or (self._persist_prefork and pool == "prefork"):
+        if self.persist_running(pool):
             run.inflight = self._open_inflight(run)
             monitor.on_event = _checkpoint_persister(run.inflight)
         run.token = current_run.set(run)

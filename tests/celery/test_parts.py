@@ -205,6 +205,8 @@ def test_journal_lines_round_trip_in_field_order_and_old_or_foreign_lines_are_to
     assert values[8:13] == [29988, 29696, 30.1, -292, None]
     assert all(type(v) is int for v in values[8:10]) and type(values[10]) is float
     assert TaskMemory.from_line(figures.to_line()) == figures
+    limited = sample_record(limit_mb=24105.55078125)
+    assert json.loads(limited.to_line())[20] == 24684084 and TaskMemory.from_line(limited.to_line()) == limited
     assert TaskMemory.from_line(record.to_json()) == record  # an object line (older journals) reads too
     # A record whose attributes were re-set out of order still writes its values under the right names.
     shuffled = sample_record()
