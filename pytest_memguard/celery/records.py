@@ -82,6 +82,11 @@ class TaskMemory:
             return values.copy()
         return {name: getattr(self, name) for name in _FIELD_NAMES}
 
+    @staticmethod
+    def blank_fields() -> dict[str, Any]:
+        """Every field, in field order, set to ``None``: fill it in and pass it to :meth:`from_fields`."""
+        return _BLANK_FIELDS.copy()
+
     @classmethod
     def from_fields(cls, values: dict[str, Any]) -> TaskMemory:
         """Build from a dict holding every field, in field order (which :meth:`to_line` relies on), without
@@ -163,6 +168,7 @@ class TaskMemory:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(TaskMemory))
+_BLANK_FIELDS = dict.fromkeys(_FIELD_NAMES)
 
 
 class LineLayout(NamedTuple):

@@ -186,6 +186,10 @@ def test_from_fields_builds_the_same_record_as_the_constructor_and_rejects_a_wro
     assert rebuilt == record and rebuilt.to_json() == record.to_json()
     with pytest.raises(ValueError, match="needs exactly the fields, in field order"):
         TaskMemory.from_fields({**record.as_dict(), "peak_mbb": 1.0})
+    blank = TaskMemory.blank_fields()  # what the worker fills: every field, in order, a fresh dict each time
+    assert list(blank) == list(record.as_dict()) and set(blank.values()) == {None}
+    blank.update(task_id="b", task_name="n", state="SUCCESS")
+    assert TaskMemory.from_fields(blank).task_id == "b" and TaskMemory.blank_fields()["task_id"] is None
     incomplete = record.as_dict()
     del incomplete["pool"]
     with pytest.raises(ValueError, match="needs exactly the fields, in field order"):
