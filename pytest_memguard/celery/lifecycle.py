@@ -151,13 +151,14 @@ class Instrumentation:
         """Hand the record to this process's registry and metrics, and to the store (:meth:`_record_sink`)."""
         if self._metrics is not None:
             self._metrics.observe(record)
-        to_store = self._deliver_to_store and record.pool != "eager"
+        eager = record.pool == "eager"
         # The in-process registry serves eager runs and collectors listening in this process. A worker process
-        # whose records go to the backend keeps none: ten thousand retained records were ~11 MB of memguard's
-        # own in every worker child, growing as tasks run (and a leak hunt would see that growth as the task's).
-        if not to_store or local_records.has_listeners():
+        # keeps none, whether its records go to the backend or are off: ten thousand retained records were ~11 MB
+        # of memguard's own in every worker child, growing as tasks run (and a leak hunt would see that growth
+        # as the task's).
+        if eager or local_records.has_listeners():
             local_records.add(record)
-        if not to_store:
+        if eager or not self._deliver_to_store:
             return
         try:
             (self._write or self._record_sink(backend))(record)

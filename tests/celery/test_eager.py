@@ -246,3 +246,17 @@ def test_a_worker_process_keeps_no_local_copy_of_records_it_sends_to_the_backend
         uninstrument(worker_app)
     assert [local_records.final(i) is not None for i in ids] == [False, True, False]
     assert [task_memory(i, timeout=5, app=worker_app).pool for i in ids] == ["solo"] * 3  # all in the backend
+
+    # With records off (memguard_records=False) nothing is sent, and nothing piles up in the worker either:
+    # 10,000 retained records would be ~11 MB of memguard's own in every worker process.
+    instrument(worker_app, records=False)
+    lifecycle._worker["pool"] = "solo"
+    try:
+        unsent = uuid.uuid4().hex
+        tracer(unsent, (), {}, {**request, "id": unsent})
+        eager = noop.apply()  # eager runs are read from this process's registry: they stay
+    finally:
+        lifecycle._worker["pool"] = saved_pool
+        uninstrument(worker_app)
+    assert local_records.final(unsent) is None
+    assert local_records.final(eager.id) is not None
