@@ -1,6 +1,7 @@
 """Per-task cost of instrumentation on Celery's own task path, in-process: no broker, no worker loop, no polling.
 
-    python benchmarks/bench_celery_tracer.py [--tasks 2000] [--batches 7] [--loglevel WARNING] [--profile]
+    python benchmarks/bench_celery_tracer.py [--tasks 2000] [--batches 7] [--loglevel WARNING] [--pool prefork]
+        [--profile]
 
 Builds the tracer a worker builds for ``fixtures.noop`` (``celery.app.trace.build_tracer``, not eager: the result
 is stored in the embedded ``file://`` backend, signals fire, logging at ``--loglevel`` goes to a file:
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_variant(tasks: int, batches: int, profile: bool, loglevel: str) -> dict:
+def run_variant(tasks: int, batches: int, profile: bool, loglevel: str, pool: str = "solo") -> dict:
     """Inside the child interpreter: time ``batches`` batches of ``tasks`` tracer calls."""
     import logging
 
@@ -39,7 +40,7 @@ def run_variant(tasks: int, batches: int, profile: bool, loglevel: str) -> dict:
     from fixtures.celery_app import app
     from pytest_memguard.celery import lifecycle
 
-    lifecycle._worker["pool"] = "solo"  # what worker_init sets in a solo worker
+    lifecycle._worker["pool"] = pool  # what worker_init sets in a worker of that pool
     task = app.tasks["fixtures.noop"]
     tracer = build_tracer(task.name, task, app=app, eager=False)
     request = {"hostname": "bench@localhost", "delivery_info": {"routing_key": "memguard"}, "is_eager": False}
@@ -74,7 +75,7 @@ def run_variant(tasks: int, batches: int, profile: bool, loglevel: str) -> dict:
     return out
 
 
-def spawn(instrumented: bool, tasks: int, batches: int, profile: bool, loglevel: str) -> dict:
+def spawn(instrumented: bool, tasks: int, batches: int, profile: bool, loglevel: str, pool: str) -> dict:
     folder = tempfile.mkdtemp(prefix="memguard-tracer-")
     env = {
         **os.environ,
@@ -83,7 +84,7 @@ def spawn(instrumented: bool, tasks: int, batches: int, profile: bool, loglevel:
         "MEMGUARD_QUEUE": f"tracer-{uuid.uuid4().hex[:8]}",
     }
     argv = [sys.executable, __file__, "--child", "--tasks", str(tasks), "--batches", str(batches)]
-    argv += ["--loglevel", loglevel]
+    argv += ["--loglevel", loglevel, "--pool", pool]
     if profile:
         argv.append("--profile")
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
@@ -95,15 +96,21 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=7)
     parser.add_argument("--loglevel", choices=("WARNING", "INFO"), default="WARNING")
+    parser.add_argument(
+        "--pool",
+        choices=("solo", "prefork"),
+        default="solo",
+        help="the pool the tasks believe they run in: prefork also persists each running task's state (WORKER_LOST)",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_variant(args.tasks, args.batches, args.profile, args.loglevel)))
+        print(json.dumps(run_variant(args.tasks, args.batches, args.profile, args.loglevel, args.pool)))
         return 0
-    base = spawn(False, args.tasks, args.batches, False, args.loglevel)
-    inst = spawn(True, args.tasks, args.batches, args.profile, args.loglevel)
-    print(f"log level {args.loglevel}, {args.tasks} tasks x {args.batches} batches")
+    base = spawn(False, args.tasks, args.batches, False, args.loglevel, args.pool)
+    inst = spawn(True, args.tasks, args.batches, args.profile, args.loglevel, args.pool)
+    print(f"log level {args.loglevel}, pool {args.pool}, {args.tasks} tasks x {args.batches} batches")
     for key, what in (("per_task_us", "wall"), ("cpu_per_task_us", "cpu")):
         b, i = min(base[key]), min(inst[key])
         print(f"{what}: baseline min {b:.1f} us/task, instrumented min {i:.1f} us/task")

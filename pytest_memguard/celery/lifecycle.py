@@ -30,7 +30,7 @@ from ..runtime.system import cached_effective_limit_bytes, percent_of
 from ..runtime.units import MB
 from .collect import RUN_TAG_HEADER, active_run_tag
 from .delivery import BatchedWriter, flush_all
-from .inflight import InflightFile, oom_kill_count, read_inflight, worker_lost_record
+from .inflight import InflightFile, close_slots, oom_kill_count, read_inflight, worker_lost_record
 from .options import resolve_options
 from .records import FAILURE, RECORD_VERSION, RETRY, SUCCESS, TaskMemory
 from .store import local_records, store_for
@@ -195,6 +195,7 @@ class Instrumentation:
 
     def _open_inflight(self, run: TaskRun) -> InflightFile | None:
         start = run.monitor._start_rss
+        start_mb = None if start is None else start / MB  # exact (KiB multiples): no rounding needed
         state = {
             "task_id": run.task_id,
             "task_name": run.task_name,
@@ -204,15 +205,15 @@ class Instrumentation:
             "pool": run.pool,
             "run_tag": run.run_tag,
             "started_at": run.monitor._started_at,
-            "start_mb": None if start is None else round(start / MB, 3),
-            "peak_mb": None if start is None else round(start / MB, 3),
-            "last_rss_mb": None if start is None else round(start / MB, 3),
+            "start_mb": start_mb,
+            "peak_mb": start_mb,
+            "last_rss_mb": start_mb,
             "peak_source": run.monitor._peak_source,
             "limit_mb": self.limit_mb(),
             "checkpoints": [],
         }
         try:
-            return InflightFile(self.options.inflight_dir, run.task_id, state)
+            return InflightFile(self.options.inflight_dir, state)
         except OSError as exc:
             logger.warning("memguard: cannot persist running task state in %s: %s", self.options.inflight_dir, exc)
             return None
@@ -238,8 +239,6 @@ class Instrumentation:
                 current_run.reset(run.token)
             except ValueError:
                 current_run.set(None)
-        if run.inflight is not None:
-            run.inflight.remove()
         # The backend is only needed to choose this process's store, on its first record (task.backend is a
         # property over a thread-local, not free per task).
         self.deliver(self._record(run, state, summary), backend=None if self._write is not None else task.backend)
@@ -414,6 +413,10 @@ def _on_worker_init(sender=None, **_):
             logger.warning(problem)
 
 
+def _on_process_shutdown(**_):
+    close_slots()  # a child stopping normally has no death to report: its slot goes with it
+
+
 _RECEIVERS = [
     (signals.task_prerun, _on_prerun),
     (signals.task_postrun, _on_postrun),
@@ -421,6 +424,7 @@ _RECEIVERS = [
     (signals.task_retry, _on_retry),
     (signals.before_task_publish, _on_before_publish),
     (signals.worker_init, _on_worker_init),
+    (signals.worker_process_shutdown, _on_process_shutdown),
 ]
 _connected = {"on": False}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -240,3 +242,51 @@ def test_folder_store_journals_follow_appends_skip_torn_lines_and_keep_writers_a
     assert reader.read(record_key("to")) is None
     writer_a.write(sample_record(task_id="a3"))
     assert reader.read(record_key("a3")).task_id == "a3"
+
+
+def test_inflight_slot_is_rewritten_in_place_and_read_back_by_task_id(tmp_path):
+    from pytest_memguard.celery import inflight
+
+    folder = str(tmp_path / "inflight")
+    running = inflight.InflightFile(folder, {"task_id": "t1", "pid": os.getpid(), "checkpoints": [], "pad": "x" * 300})
+    for i in range(3):
+        running.on_checkpoint({"label": f"c{i}", "rss_mb": 10.0 + i, "peak_mb": 20.0 + i})
+    # The next task in the same process reuses the slot: a shorter state, padded (JSON allows trailing blanks).
+    inflight.InflightFile(folder, {"task_id": "t2", "pid": os.getpid(), "checkpoints": []})
+    slots = list((tmp_path / "inflight").iterdir())
+    assert len(slots) == 1 and slots[0].name.startswith(inflight.SLOT_PREFIX)
+    assert json.loads(slots[0].read_bytes())["task_id"] == "t2"
+    # A state shorter by more than the padding limit is truncated instead.
+    inflight.InflightFile(folder, {"task_id": "big", "pid": os.getpid(), "checkpoints": [], "pad": "x" * 10_000})
+    inflight.InflightFile(folder, {"task_id": "t3", "pid": os.getpid(), "checkpoints": []})
+    assert slots[0].stat().st_size < 200
+    assert inflight.read_inflight(folder, "t1") is None  # finished and overwritten: never mistaken for another
+    assert inflight.read_inflight(folder, "t3")["task_id"] == "t3"
+    assert slots[0].exists()  # this process is alive: its slot stays
+    inflight.close_slots()
+    assert not slots[0].exists()  # a process stopping normally removes it
+
+
+def test_inflight_state_of_a_killed_child_is_found_and_its_slot_removed(tmp_path):
+    import multiprocessing
+
+    from pytest_memguard.celery import inflight
+
+    folder = str(tmp_path / "inflight")
+    inflight.InflightFile(folder, {"task_id": "parent-task", "pid": os.getpid(), "checkpoints": []})
+
+    def child() -> None:  # writes its START and a checkpoint, then dies without any clean-up
+        state = {"task_id": "lost", "pid": os.getpid(), "checkpoints": [], "peak_mb": 1.0}
+        inflight.InflightFile(folder, state).on_checkpoint({"label": "allocated", "rss_mb": 90.0, "peak_mb": 95.0})
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(30)
+    assert process.exitcode == -signal.SIGKILL
+    persisted = inflight.read_inflight(folder, "lost")
+    assert persisted["checkpoints"][-1]["label"] == "allocated" and persisted["peak_mb"] == 95.0
+    names = sorted(p.name for p in (tmp_path / "inflight").iterdir())
+    assert len(names) == 1 and f"-{os.getpid()}-" in names[0]  # the dead child's slot is gone, ours (alive) stays
+    assert inflight.read_inflight(folder, "parent-task")["task_id"] == "parent-task"  # the child wrote its own slot
+    inflight.close_slots()
