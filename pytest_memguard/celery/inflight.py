@@ -39,15 +39,33 @@ _encode_state = json.JSONEncoder(separators=(",", ":")).encode
 class InflightSlot:
     """One process's (or thread's) slot file: the state of the task it is running, rewritten whole, in place."""
 
+    #: How often a write checks that the slot file still has a name (a temp cleaner may delete the file of an idle
+    #: worker; writes to the unlinked file would succeed and the parent would find nothing).
+    RECHECK_S = 60.0
+
     def __init__(self, folder: str) -> None:
-        os.makedirs(folder, exist_ok=True)
-        name = f"{SLOT_PREFIX}{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.json"
-        self.path = os.path.join(folder, name)
+        self.folder = folder
+        self.path = os.path.join(
+            folder, f"{SLOT_PREFIX}{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.json"
+        )
+        self.fd: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        os.makedirs(self.folder, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-        self.fd: int | None = os.open(self.path, flags, 0o600)
-        self.size = 0
+        fd = os.open(self.path, flags, 0o600)
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.fd, self.size, self.checked_at = fd, 0, time.monotonic()
 
     def write(self, state: dict) -> None:
+        now = time.monotonic()
+        if now - self.checked_at > self.RECHECK_S:
+            self.checked_at = now
+            if os.fstat(self.fd).st_nlink == 0:  # deleted under us: give the slot a file again
+                self._open()
         data = _encode_state(state).encode()
         shorter_by = self.size - len(data)
         if shorter_by > _PAD_LIMIT:

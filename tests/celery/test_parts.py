@@ -263,6 +263,11 @@ def test_inflight_slot_is_rewritten_in_place_and_read_back_by_task_id(tmp_path):
     assert inflight.read_inflight(folder, "t1") is None  # finished and overwritten: never mistaken for another
     assert inflight.read_inflight(folder, "t3")["task_id"] == "t3"
     assert slots[0].exists()  # this process is alive: its slot stays
+    slots[0].unlink()  # a temp cleaner deleted an idle worker's slot: the next write (after a recheck) restores it
+    slot = inflight.slot_for(folder)
+    slot.checked_at -= slot.RECHECK_S + 1
+    inflight.InflightFile(folder, {"task_id": "t4", "pid": os.getpid(), "checkpoints": []})
+    assert inflight.read_inflight(folder, "t4")["task_id"] == "t4"
     inflight.close_slots()
     assert not slots[0].exists()  # a process stopping normally removes it
 
