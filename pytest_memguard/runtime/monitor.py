@@ -62,6 +62,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_system_text_cache: tuple[dict | None, str] = (None, "?")
+
+
+def _system_text(usage: dict) -> str:
+    """``System=`` as text, formatted once per system reading (:func:`recent_system_usage` keeps one ~1 s)."""
+    global _system_text_cache
+    cached_usage, text = _system_text_cache
+    if cached_usage is not usage:
+        percent = usage["used_percent"]
+        text = "?" if percent is None else str(percent)
+        _system_text_cache = (usage, text)
+    return text
+
+
 def current_monitor() -> MemoryMonitor | None:
     """The innermost monitor running in this context (thread, or task in a threads/gevent pool), if any."""
     return _current.get()
@@ -272,7 +286,7 @@ class MemoryMonitor:
             self._fault("start_monitoring", exc)
         self._token = _current.set(self)
         if self.log.isEnabledFor(self.log_level):
-            self._log_line("START", self._start_rss)
+            self._log_line("START", self._start_rss, event="start")
         if self.on_event is not None:
             self._emit("start", {"rss_mb": _mb(self._start_rss), "started_at": self._started_at})
         return self
@@ -329,7 +343,7 @@ class MemoryMonitor:
         }
         self._checkpoints.append(entry)
         if self.log.isEnabledFor(self.log_level):
-            self._log_line(f"checkpoint:{label}", rss, peak=peak)
+            self._log_line(f"checkpoint:{label}", rss, peak=peak, event="checkpoint")
         self._emit("checkpoint", entry)
         return entry
 
@@ -397,10 +411,9 @@ class MemoryMonitor:
         self._result = result
         self._measurement = None
         if self.log.isEnabledFor(self.log_level):
-            label = (
-                f"{outcome} (delta={format_mb(result['delta_mb'], signed=True)}, peak={format_mb(result['peak_mb'])})"
-            )
-            self._log_line(label, finish_rss, peak=peak, result=result)
+            peak_text = format_mb(result["peak_mb"])
+            label = f"{outcome} (delta={format_mb(result['delta_mb'], signed=True)}, peak={peak_text})"
+            self._log_line(label, finish_rss, peak=peak, result=result, event=outcome.lower(), peak_text=peak_text)
         settings = self.settings
         if (peak is not None and peak > settings.warn_peak_bytes) or (
             result["process_percent"] is not None and result["process_percent"] > settings.warn_process_percent
@@ -576,24 +589,38 @@ class MemoryMonitor:
             "cgroup": cgroup.as_dict() if cgroup is not None else None,
         }
 
-    def _log_line(self, label: str, rss: int | None, *, peak: int | None = None, result: dict | None = None) -> None:
+    def _log_line(
+        self,
+        label: str,
+        rss: int | None,
+        *,
+        peak: int | None = None,
+        result: dict | None = None,
+        event: str | None = None,
+        peak_text: str | None = None,
+    ) -> None:
         """``Memory [name] LABEL: RSS=…MB (peak=…MB), Process%=…%, System=…%[, GC objects=N]`` — the seed's
         format, so existing greps keep working; the numbers also travel as ``extra={"memguard": {...}}``.
 
-        Two of these per Celery task at INFO: figures are formatted once, with no ``round()`` (see finish)."""
+        Two of these per Celery task at INFO, so each figure is formatted once (a float's text is most of a line's
+        own cost): the peak's text is reused from the FINISH label or from the RSS when they are equal (always at
+        START), and ``System=`` from the last line while the cached system reading is the same."""
         try:
             if peak is None:
                 peak = rss
-            system_percent = recent_system_usage()["used_percent"]
+            usage = recent_system_usage()
+            system_percent = usage["used_percent"]
+            system_text = _system_text(usage)
             pct = percent_of(rss, cached_effective_limit_bytes())
             rss_text = "?MB" if rss is None else f"{rss / MB:.1f}MB"
-            peak_text = "?MB" if peak is None else f"{peak / MB:.1f}MB"
+            if peak_text is None:
+                peak_text = rss_text if peak == rss else ("?MB" if peak is None else f"{peak / MB:.1f}MB")
             text = (
                 f"Memory [{self.task_name}] {label}: RSS={rss_text} (peak={peak_text}), "
-                f"Process%={'?' if pct is None else pct}%, System={system_percent}%"
+                f"Process%={'?' if pct is None else pct}%, System={system_text}%"
             )
             fields = {
-                "event": label.split(" ", 1)[0].split(":", 1)[0].lower(),
+                "event": event or label.split(" ", 1)[0].split(":", 1)[0].lower(),
                 "label": label,
                 "task_name": self.task_name,
                 "task_id": self.task_id,

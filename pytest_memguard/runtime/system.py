@@ -74,21 +74,32 @@ def system_usage() -> dict:
 
 
 _USAGE_TTL_S = 1.0
-_usage_cache: tuple[float, int, dict | None] = (0.0, 0, None)
+_usage_cache: tuple[float, dict | None] = (0.0, None)
 
 
 def recent_system_usage(max_age_s: float = _USAGE_TTL_S) -> dict:
     """:func:`system_usage`, re-read at most every ``max_age_s`` per process.
 
     Why: log lines show ``System=…%`` twice per task, and a fresh reading (psutil plus a few cgroup files) costs
-    ~100 µs, more than a no-op Celery task's whole budget. A system-wide percentage a second old is still true."""
+    ~100 µs, more than a no-op Celery task's whole budget. A system-wide percentage a second old is still true.
+    The cache is dropped in a forked child (``register_at_fork``) rather than checked against ``os.getpid()`` per
+    call: that is a system call, twice per task at INFO."""
     global _usage_cache
     now = time.monotonic()
-    stamp, pid, value = _usage_cache
-    if value is None or now - stamp > max_age_s or pid != os.getpid():
+    stamp, value = _usage_cache
+    if value is None or now - stamp > max_age_s:
         value = system_usage()
-        _usage_cache = (now, os.getpid(), value)
+        _usage_cache = (now, value)
     return value
+
+
+def _forget_usage_after_fork() -> None:
+    global _usage_cache
+    _usage_cache = (0.0, None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_usage_after_fork)
 
 
 def _safe_cgroup() -> CgroupMemory | None:

@@ -215,6 +215,14 @@ def test_log_lines_keep_the_seed_format_and_carry_structured_fields(caplog):
     ), lines[2]
     finish = caplog.records[2].memguard
     assert finish["event"] == "finish" and finish["peak_delta_mb"] is not None
+    assert [r.memguard["event"] for r in caplog.records] == ["start", "checkpoint", "finish"]
+    # Each figure is formatted once and reused: the same text wherever the same number appears.
+    start_rss, start_peak = re.search(r"RSS=(\S+) \(peak=(\S+)\)", lines[0]).groups()
+    assert start_rss == start_peak  # at START the fresh peak is the RSS
+    label_peak, line_peak = re.search(r"peak=(\S+)\): RSS=\S+ \(peak=(\S+)\)", lines[2]).groups()
+    assert label_peak == line_peak == f"{finish['peak_mb']:.1f}MB"
+    for record in caplog.records:  # System= is the cached reading's own text, not a re-formatted number
+        assert re.search(r"System=([^%]+)%", record.getMessage()).group(1) == str(record.memguard["system_percent"])
 
 
 def test_gc_objects_are_not_counted_in_log_lines_by_default(caplog):
