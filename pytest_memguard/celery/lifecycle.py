@@ -177,7 +177,7 @@ class Instrumentation:
         # stack), its fields straight from the Context's instance dict, no lock (one dict store is atomic).
         request = task.request
         fields = getattr(request, "__dict__", _NO_FIELDS)
-        attempt = int(fields.get("retries") or 0)
+        attempt = _attempt(request)  # the same key the by-key lookups build
         eager = fields.get("is_eager", False)
         pool = "eager" if eager else (_worker["pool"] or _guess_pool())
         run_tag, full_gc = _memguard_headers(fields)

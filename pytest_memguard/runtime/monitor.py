@@ -611,7 +611,7 @@ class MemoryMonitor:
             usage = recent_system_usage()
             system_percent = usage["used_percent"]
             system_text = _system_text(usage)
-            pct = percent_of(rss, cached_effective_limit_bytes())
+            pct = process_percent(rss)
             rss_text = "?MB" if rss is None else f"{rss / MB:.1f}MB"
             if peak_text is None:
                 peak_text = rss_text if peak == rss else ("?MB" if peak is None else f"{peak / MB:.1f}MB")
