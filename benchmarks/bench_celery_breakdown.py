@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -70,30 +69,14 @@ def apply_stub(stub: str) -> None:
 
 
 def run_child(tasks: int, batches: int) -> float:
-    import logging
-
+    """Inside the child interpreter: apply this variant's stub, then time the tracer exactly as
+    ``bench_celery_tracer.py`` does (WARNING, solo); the least disturbed batch, in seconds per task."""
     sys.path.insert(0, str(ROOT))
-    logging.basicConfig(filename=os.path.join(os.environ["MEMGUARD_FS_FOLDER"], "worker.log"), level=logging.WARNING)
-    from celery.app.trace import build_tracer
-
-    from fixtures.celery_app import app
-    from pytest_memguard.celery import lifecycle
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_celery_tracer import run_variant
 
     apply_stub(os.environ.get("BREAKDOWN_STUB", ""))
-    lifecycle._worker["pool"] = "solo"  # what worker_init sets in a solo worker
-    task = app.tasks["fixtures.noop"]
-    tracer = build_tracer(task.name, task, app=app, eager=False)
-    request = {"hostname": "bench@localhost", "delivery_info": {"routing_key": "memguard"}, "is_eager": False}
-
-    def batch() -> float:
-        start = time.perf_counter()
-        for _ in range(tasks):
-            task_id = uuid.uuid4().hex
-            tracer(task_id, (), {}, {**request, "id": task_id})
-        return (time.perf_counter() - start) / tasks
-
-    batch()  # warm up
-    return min(batch() for _ in range(batches))
+    return min(run_variant(tasks, batches, profile=False, loglevel="WARNING")["per_task_us"]) / 1e6
 
 
 def spawn(variant: str, tasks: int, batches: int) -> float:
