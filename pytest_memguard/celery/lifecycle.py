@@ -156,14 +156,16 @@ class Instrumentation:
         # keeps none, whether its records go to the backend or are off: ten thousand retained records were ~11 MB
         # of memguard's own in every worker child, growing as tasks run (and a leak hunt would see that growth
         # as the task's).
-        if eager or local_records.has_listeners():
+        kept = eager or local_records.has_listeners()
+        if kept:
             local_records.add(record)
         if eager or not self._deliver_to_store:
             return
         try:
             (self._write or self._record_sink(backend))(record)
         except Exception as exc:  # delivery must never fail the task
-            local_records.add(record)  # at least readable in this process
+            if not kept:  # at least readable in this process (listeners have it already: not twice)
+                local_records.add(record)
             if not self._delivery_warned:
                 self._delivery_warned = True
                 logger.warning("memguard: cannot deliver memory records (%s); tasks are unaffected", exc)

@@ -260,3 +260,45 @@ def test_a_worker_process_keeps_no_local_copy_of_records_it_sends_to_the_backend
         uninstrument(worker_app)
     assert local_records.final(unsent) is None
     assert local_records.final(eager.id) is not None
+
+
+def test_a_record_the_store_cannot_take_stays_readable_here_and_reaches_a_listener_once(tmp_path, caplog):
+    """A real delivery fault: records_dir names a file, so no journal folder can be made there."""
+    from celery.app.trace import build_tracer
+
+    from pytest_memguard.celery import embedded_app_config, lifecycle
+    from pytest_memguard.celery.store import local_records
+
+    not_a_folder = tmp_path / "records-file"
+    not_a_folder.write_text("in the way")
+    worker_app = Celery(f"worker-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    worker_app.conf.update(embedded_app_config(str(tmp_path / "embedded")))
+
+    @worker_app.task(name="noop")
+    def noop():
+        return None
+
+    instrument(worker_app, records_dir=str(not_a_folder))
+    tracer = build_tracer("noop", noop, app=worker_app, eager=False)
+    request = {"hostname": "w@test", "delivery_info": {"routing_key": "celery"}, "is_eager": False}
+    heard: list[str] = []
+    saved_pool = lifecycle._worker["pool"]
+    lifecycle._worker["pool"] = "solo"
+    try:
+        alone, listened = uuid.uuid4().hex, uuid.uuid4().hex
+        tracer(alone, (), {}, {**request, "id": alone})
+
+        def listener(record) -> None:
+            heard.append(record.task_id)
+
+        local_records.subscribe(listener)
+        try:
+            tracer(listened, (), {}, {**request, "id": listened})
+        finally:
+            local_records.unsubscribe(listener)
+    finally:
+        lifecycle._worker["pool"] = saved_pool
+        uninstrument(worker_app)
+    assert local_records.final(alone) is not None  # undeliverable, but still readable in this process
+    assert heard == [listened]  # the listener got it once, not again from the fallback
+    assert any("cannot deliver memory records" in r.getMessage() for r in caplog.records)
