@@ -57,20 +57,20 @@ def per_task_us(factory, rounds: int) -> float:
     return statistics.median(batches)
 
 
-def probe_floor_us(rounds: int) -> float:
-    """The four system calls START+FINISH cannot avoid (reset the mark, read it at start, read it and the RSS at
-    finish), timed alone like per_task_us: the floor of this machine, to read the per-task cost against."""
-    probe = get_probe()
-    batches = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            probe.reset_hwm()
-            probe.rss_after_reset()
-            probe.hwm_bytes()
-            probe.rss_bytes()
-        batches.append((time.perf_counter() - t0) / rounds * 1e6)
-    return statistics.median(batches)
+class ProbesOnly:
+    """START+FINISH reduced to the four system calls they cannot avoid: reset the mark and read it at start, read
+    it and the RSS at finish. Timed by :func:`per_task_us` like a monitor, it is this machine's floor."""
+
+    def __init__(self) -> None:
+        self.probe = get_probe()
+
+    def start_monitoring(self) -> None:
+        self.probe.reset_hwm()
+        self.probe.rss_after_reset()
+
+    def finish_monitoring(self) -> None:
+        self.probe.hwm_bytes()
+        self.probe.rss_bytes()
 
 
 def empty_us(rounds: int) -> float:
@@ -124,7 +124,7 @@ def main() -> int:
     logging.getLogger("pytest_memguard").setLevel(logging.WARNING)  # production default: INFO lines off
     print(f"Python {sys.version.split()[0]}, peak source: {'kernel-hwm' if get_probe().hwm_usable else 'sampled'}")
     print(f"empty loop overhead {empty_us(100_000):.3f} us/iteration")
-    floor = probe_floor_us(20_000)
+    floor = per_task_us(ProbesOnly, 20_000)
     print(f"probe floor (reset, mark, mark, statm, alone): {floor:.2f} us (3 us on the machine of MEASUREMENTS.md)")
     print("Per-task cost of START+FINISH (defaults; INFO logging disabled as in production):")
     small_ours, small_seed = cost_section("small heap", 2_000)
