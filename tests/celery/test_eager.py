@@ -274,12 +274,12 @@ def test_a_record_the_store_cannot_take_stays_readable_here_and_reaches_a_listen
     worker_app = Celery(f"worker-{uuid.uuid4().hex[:6]}", set_as_current=False)
     worker_app.conf.update(embedded_app_config(str(tmp_path / "embedded")))
 
-    @worker_app.task(name="noop")
+    @worker_app.task(name="undeliverable_noop")
     def noop():
         return None
 
     instrument(worker_app, records_dir=str(not_a_folder))
-    tracer = build_tracer("noop", noop, app=worker_app, eager=False)
+    tracer = build_tracer("undeliverable_noop", noop, app=worker_app, eager=False)
     request = {"hostname": "w@test", "delivery_info": {"routing_key": "celery"}, "is_eager": False}
     heard: list[str] = []
     saved_pool = lifecycle._worker["pool"]
