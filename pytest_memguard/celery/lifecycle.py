@@ -32,7 +32,7 @@ from .collect import RUN_TAG_HEADER, active_run_tag
 from .delivery import BatchedWriter, flush_all
 from .inflight import InflightFile, close_slots, oom_kill_count, read_inflight, worker_lost_record
 from .options import resolve_options
-from .records import FAILURE, RECORD_VERSION, RETRY, SUCCESS, TaskMemory
+from .records import FAILURE, RECORD_VERSION, RETRY, SUCCESS, SuccessLines, TaskMemory
 from .store import local_records, store_for
 
 logger = logging.getLogger("pytest_memguard.celery")
@@ -114,6 +114,8 @@ class Instrumentation:
         self._store = None
         self._writer: BatchedWriter | None = None
         self._write = None  # this process's way to hand a record to the store (see _record_sink)
+        self._write_line = None  # ... and a journal line, where the store appends lines inline
+        self._success_lines: dict[str, SuccessLines] = {}  # by task name, for this process (see _success_line)
         self._delivery_warned = False
         self._metrics = None
         if self.options.metrics:
@@ -145,6 +147,8 @@ class Instrumentation:
                 self._write = self._writer.submit
             else:
                 self._write = store.write
+                if self._metrics is None:
+                    self._write_line = getattr(store, "write_line", None)
         return self._write
 
     def deliver(self, record: TaskMemory, backend=None) -> None:
@@ -241,9 +245,62 @@ class Instrumentation:
                 current_run.reset(run.token)
             except ValueError:
                 current_run.set(None)
+        if self._write_line is not None and state == SUCCESS and not local_records.has_listeners():
+            line = self._success_line(run, summary)
+            if line is not None:
+                try:
+                    self._write_line(line)
+                    return
+                except Exception:  # delivered below, as a record, with the fault handling that has
+                    pass
         # The backend is only needed to choose this process's store, on its first record (task.backend is a
         # property over a thread-local, not free per task).
         self.deliver(self._record(run, state, summary), backend=None if self._write is not None else task.backend)
+
+    def _success_line(self, run: TaskRun, m: dict) -> str | None:
+        """The journal line of a plain successful execution, formatted straight from the monitor's figures
+        (:class:`SuccessLines`), or ``None`` when the record has anything else to say (then it is built whole).
+
+        The monitor's MB figures are whole KiB (RSS is counted in KiB and pages), its start stamp whole µs and its
+        duration whole ns: each scaled back here is exactly the count :meth:`TaskMemory.to_line` would write."""
+        if run.exception is not None or run.run_tag is not None or run.children or m["checkpoints"] or m["errors"]:
+            return None
+        gc = m["gc"]
+        if gc["collected"] or m["heap"] is not None or m["start_mb"] is None or m["finish_mb"] is None:
+            return None
+        start, finish, peak = m["start_mb"] * 1024, m["finish_mb"] * 1024, m["peak_mb"] * 1024
+        limit = self.limit_mb(m["limit_mb"])
+        limit_kib = None if limit is None else limit * 1024
+        if not (start.is_integer() and finish.is_integer() and peak.is_integer()):
+            return None
+        percent = m["process_percent"]
+        if limit != m["limit_mb"]:
+            percent = percent_of(m["peak_mb"], limit)
+        if limit_kib is not None and not limit_kib.is_integer():
+            return None
+        lines = self._success_lines.get(run.task_name)
+        if (
+            lines is None
+            or lines.hostname != run.hostname
+            or lines.pool != run.pool
+            or lines.peak_source != m["peak_source"]
+            or lines.gc != gc
+        ):
+            lines = self._success_lines[run.task_name] = SuccessLines(
+                run.task_name, m["pid"], run.hostname, run.pool, m["peak_source"], gc
+            )
+        return lines.line(
+            run.task_id,
+            run.attempt,
+            start,
+            finish,
+            peak,
+            round(m["started_at"] * 1e6),
+            round(m["duration_s"] * 1e9),
+            m["overlapped"],
+            limit_kib,
+            None if percent is None else round(percent * 10),
+        )
 
     def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
         found_limit, peak = m["limit_mb"], m["peak_mb"]
@@ -505,6 +562,8 @@ def _forget_stores() -> None:
         instr._store = None
         instr._writer = None
         instr._write = None
+        instr._write_line = None
+        instr._success_lines = {}  # their text holds the parent's pid
 
 
 def _flush_pending_records(**_) -> None:

@@ -118,27 +118,37 @@ class TaskMemory:
 
     def to_line(self) -> str:
         """The compact form written to journals, on the task's path: a JSON array of the values in field order, led
-        by the layout number (``[1, "<task_id>", …]``), with the RSS figures and the limit as whole KiB.
+        by the layout number (``[2, "<task_id>", …]``), with each *counted* figure as a whole number of its unit
+        (:data:`LineLayout.units`: RSS figures and the limit in KiB, ``started_at`` in µs, ``duration_s`` in ns,
+        ``process_percent`` in tenths) whenever that count reads back to exactly the same float; any other value
+        (a figure a user set by hand to 30.1 MB, say) is written as it is.
 
-        Why: per record, the 28 key strings and the shortest repr of each float were most of the cost. Without
-        the keys, with integers for the figures that are exact KiB counts (RSS is counted in pages and KiB, limits
-        in pages, so ``start_mb * 1024`` is a whole number; one that is not stays a float) and an encoder built
-        once, a line costs about half the instructions of the keyed object (61k vs 115k under callgrind).
-        :meth:`from_line` reads it back exactly, and also reads a ``to_json`` object line."""
+        Why: per record, the 28 key strings and the shortest repr of each float were most of the cost (a float's
+        repr is ~8,700 instructions, an int's a few hundred). The monitor produces exactly such counts (RSS in
+        pages and KiB, ``time_ns`` and ``perf_counter_ns`` clocks, percentages to 0.1), so a worker's lines carry
+        no float at all. :meth:`from_line` reads every layout back exactly, and also reads a ``to_json`` line."""
         values = self.__dict__
         if tuple(values) == _FIELD_NAMES:  # built by __init__ or from_fields: the values are in field order
             line = [LINE_LAYOUT, *values.values()]
         else:
             line = [LINE_LAYOUT, *(getattr(self, name) for name in _FIELD_NAMES)]
-        for position in _KIB_POSITIONS:
-            mb = line[position]
-            if mb.__class__ is float and (kib := mb * 1024.0).is_integer():
-                line[position] = int(kib)
+        for position, per_unit in _COUNTED_POSITIONS:
+            value = line[position]
+            if value.__class__ is float or value.__class__ is int:  # not bool, not None
+                try:
+                    count = round(value * per_unit)
+                except (ValueError, OverflowError):  # nan, inf: written as they are
+                    continue
+                if count / per_unit == value:
+                    line[position] = count
+                elif value.__class__ is int:  # an int that is no whole count would read back divided
+                    line[position] = float(value)
         return _encode_line(line)
 
     @classmethod
     def from_line(cls, text: str | bytes) -> TaskMemory:
-        """Read a :meth:`to_line` (or :meth:`to_json`) line; ``ValueError`` for anything else."""
+        """Read a :meth:`to_line` line of any layout (or a :meth:`to_json` object); ``ValueError`` for anything
+        else."""
         data = json.loads(text)
         if isinstance(data, dict):
             return cls.from_dict(data)
@@ -148,9 +158,9 @@ class TaskMemory:
         if layout is None or len(data) != len(layout.names) + 1:
             raise ValueError(f"not a TaskMemory line of a known layout (layout {data[0]!r}, {len(data)} values)")
         values = dict(zip(layout.names, data[1:], strict=True))
-        for name in layout.kib_fields:
-            if values[name].__class__ is int:  # whole KiB (a float was written as it was)
-                values[name] /= 1024
+        for name, per_unit in layout.units:
+            if values[name].__class__ is int:  # a whole count of the unit (a float was written as it was)
+                values[name] /= per_unit
         return cls.from_dict(values)
 
     def summary(self) -> str:
@@ -172,29 +182,32 @@ _BLANK_FIELDS = dict.fromkeys(_FIELD_NAMES)
 
 
 class LineLayout(NamedTuple):
-    """How a journal line is laid out: the field names in order, and which of them are written as whole KiB."""
+    """How a journal line is laid out: the field names in order, and the figures written as whole counts of a
+    unit, as ``(field, units per field unit)`` (``("start_mb", 1024)``: KiB per MB)."""
 
     names: tuple[str, ...]
-    kib_fields: tuple[str, ...]
+    units: tuple[tuple[str, float], ...]
 
 
+_NAMES_1 = (
+    "task_id", "task_name", "state", "pid", "hostname", "pool", "attempt", "start_mb", "finish_mb", "peak_mb",
+    "delta_mb", "peak_delta_mb", "peak_source", "heap", "checkpoints", "gc", "started_at", "duration_s",
+    "overlapped", "limit_mb", "process_percent", "exception", "signal", "suspected_oom", "run_tag",
+    "children", "errors", "version",
+)  # fmt: skip
+_KIB = tuple((name, 1024) for name in ("start_mb", "finish_mb", "peak_mb", "delta_mb", "peak_delta_mb", "limit_mb"))
 #: Each journal line layout: a line is read by the layout it names, so journals written by an older worker stay
-#: readable. Adding, removing or reordering a field (or a KiB figure) means a new layout number here.
+#: readable. Adding, removing or reordering a field, or counting one in a unit, means a new layout number here.
 _LINE_LAYOUTS: dict[int, LineLayout] = {
-    1: LineLayout(
-        names=(
-            "task_id", "task_name", "state", "pid", "hostname", "pool", "attempt", "start_mb", "finish_mb", "peak_mb",
-            "delta_mb", "peak_delta_mb", "peak_source", "heap", "checkpoints", "gc", "started_at", "duration_s",
-            "overlapped", "limit_mb", "process_percent", "exception", "signal", "suspected_oom", "run_tag",
-            "children", "errors", "version",
-        ),
-        kib_fields=("start_mb", "finish_mb", "peak_mb", "delta_mb", "peak_delta_mb", "limit_mb"),
-    ),
-}  # fmt: skip
-LINE_LAYOUT = 1
+    1: LineLayout(names=_NAMES_1, units=_KIB),
+    2: LineLayout(names=_NAMES_1, units=(*_KIB, ("started_at", 1e6), ("duration_s", 1e9), ("process_percent", 10))),
+}
+LINE_LAYOUT = 2
 if _LINE_LAYOUTS[LINE_LAYOUT].names != _FIELD_NAMES:  # a field changed without a new line layout: fail at import
     raise RuntimeError(f"TaskMemory fields {_FIELD_NAMES} differ from line layout {LINE_LAYOUT}: add a new layout")
-_KIB_POSITIONS = tuple(1 + _FIELD_NAMES.index(name) for name in _LINE_LAYOUTS[LINE_LAYOUT].kib_fields)
+_COUNTED_POSITIONS = tuple((1 + _FIELD_NAMES.index(name), unit) for name, unit in _LINE_LAYOUTS[LINE_LAYOUT].units)
+if LINE_LAYOUT != 2:  # SuccessLines writes layout 2 as text
+    raise RuntimeError("SuccessLines writes journal line layout 2: update it with the layout")
 # One encoder for every record: json.dumps with arguments builds a new JSONEncoder per call (~3 µs per record).
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
@@ -211,3 +224,55 @@ def _line_encoder() -> Callable[[Any], str]:
 
 
 _encode_line = _line_encoder()
+_quote = json_encoder.encode_basestring_ascii  # a str as JSON text (json's C function where it has one)
+
+
+class SuccessLines:
+    """Journal lines for the common record of one task name in one worker process, as text: a ``SUCCESS`` with no
+    exception, checkpoint, heap trace, child task, run tag or fault, whose GC policy did not collect.
+
+    Why: such records are nearly every record a worker writes, and all but a dozen integers of their line are the
+    same for one task name in one process. Formatting those integers into the constant text costs a fraction of
+    building a :class:`TaskMemory` and encoding it (:meth:`TaskMemory.to_line`), and the line is the same, byte for
+    byte (tests hold the two together)."""
+
+    def __init__(self, task_name: str, pid: int, hostname: str | None, pool: str, peak_source: str, gc: dict):
+        self.task_name, self.pid, self.hostname, self.pool = task_name, pid, hostname, pool
+        self.peak_source, self.gc = peak_source, gc
+        text = _encode_line
+        self._after_id = f",{text(task_name)},{text(SUCCESS)},{text(pid)},{text(hostname)},{text(pool)},"
+        # attempt, start, finish, peak, delta, peak delta (KiB); started_at (µs), duration (ns), overlapped, limit
+        # (KiB), process percent (tenths): the figures of layout 2 (LineLayout.units), then the constant rest.
+        self._figures = (
+            f"%d,%d,%d,%d,%d,%d,{text(peak_source)},null,[],{text(gc)},%d,%d,%d,%s,%s,null,null,null,null,[],[],"
+            f"{RECORD_VERSION}]"
+        )
+
+    def line(
+        self,
+        task_id: str,
+        attempt: int,
+        start_kib: float,
+        finish_kib: float,
+        peak_kib: float,
+        started_us: int,
+        duration_ns: int,
+        overlapped: int,
+        limit_kib: float | None,
+        percent_tenths: int | None,
+    ) -> str:
+        """The line; the KiB figures may be whole floats (``start_mb * 1024``), written as integers."""
+        figures = self._figures % (
+            attempt,
+            start_kib,
+            finish_kib,
+            peak_kib,
+            finish_kib - start_kib,
+            peak_kib - start_kib,
+            started_us,
+            duration_ns,
+            overlapped,
+            "null" if limit_kib is None else int(limit_kib),  # whole floats welcome, as for the %d figures
+            "null" if percent_tenths is None else int(percent_tenths),
+        )
+        return f"[{LINE_LAYOUT},{_quote(task_id)}{self._after_id}{figures}"

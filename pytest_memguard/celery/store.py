@@ -197,6 +197,10 @@ class FolderStore:
     def write_many(self, records: list[TaskMemory]) -> None:
         self._append(b"".join(record.to_line().encode() + b"\n" for record in records))
 
+    def write_line(self, line: str) -> None:
+        """Append one line made by :meth:`TaskMemory.to_line` or :class:`~.records.SuccessLines` (ASCII JSON)."""
+        self._append(f"{line}\n".encode())
+
     def _append(self, data: bytes) -> None:
         with self._lock:
             fd = self._fd

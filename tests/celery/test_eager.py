@@ -302,3 +302,69 @@ def test_a_record_the_store_cannot_take_stays_readable_here_and_reaches_a_listen
     assert local_records.final(alone) is not None  # undeliverable, but still readable in this process
     assert heard == [listened]  # the listener got it once, not again from the fallback
     assert any("cannot deliver memory records" in r.getMessage() for r in caplog.records)
+
+
+def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_would_make(tmp_path):
+    """The worker's short path for a plain SUCCESS (its line formatted from the figures, no TaskMemory built) writes
+    exactly what the record's own ``to_line`` would; anything more (a checkpoint, a failure) takes the whole path."""
+    import json
+    import os
+    import time
+
+    from celery.app.trace import build_tracer
+
+    from pytest_memguard.celery import TaskMemory, embedded_app_config, lifecycle
+    from pytest_memguard.celery.store import FolderStore, record_key
+
+    records = tmp_path / "records"
+    worker_app = Celery(f"worker-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    worker_app.conf.update(embedded_app_config(str(tmp_path / "embedded")))
+
+    @worker_app.task(name="plain")
+    def plain():
+        return bytearray(4 * MB)[0]
+
+    @worker_app.task(name="phased")
+    def phased():
+        pytest_memguard.checkpoint("half")
+
+    @worker_app.task(name="broken")
+    def broken():
+        raise ValueError("no")
+
+    instr = instrument(worker_app, records_dir=str(records))
+    request = {"hostname": "w@test", "delivery_info": {"routing_key": "celery"}, "is_eager": False}
+    saved_pool = lifecycle._worker["pool"]
+    lifecycle._worker["pool"] = "solo"
+    before = time.time()
+    try:
+        ids = {}
+        for task in (plain, plain, phased, broken):
+            ids.setdefault(task.name, []).append(uuid.uuid4().hex)
+            tracer = build_tracer(task.name, task, app=worker_app, eager=False)
+            tracer(ids[task.name][-1], (), {}, {**request, "id": ids[task.name][-1]})
+    finally:
+        lifecycle._worker["pool"] = saved_pool
+        uninstrument(worker_app)
+    assert set(instr._success_lines) == {"plain"}  # the short path served the plain successes, and only them
+    lines = [line for journal in records.glob("*.jsonl") for line in journal.read_text().splitlines()]
+    by_id = {json.loads(line)[1]: line for line in lines}
+    assert set(by_id) == {*ids["plain"], *ids["phased"], *ids["broken"]}
+    for task_id in ids["plain"]:
+        line = by_id[task_id]
+        mem = TaskMemory.from_line(line)
+        assert mem.to_line() == line  # byte for byte what the whole record writes
+        assert (mem.task_name, mem.state, mem.pid, mem.hostname, mem.pool) == (
+            "plain",
+            SUCCESS,
+            os.getpid(),
+            "w@test",
+            "solo",
+        )
+        assert before <= mem.started_at <= time.time() and 0 < mem.duration_s < 5
+        assert mem.peak_mb >= mem.start_mb > 0 and mem.finish_mb > 0
+        assert mem.delta_mb == mem.finish_mb - mem.start_mb and mem.peak_delta_mb == mem.peak_mb - mem.start_mb
+    assert [c["label"] for c in TaskMemory.from_line(by_id[ids["phased"][0]]).checkpoints] == ["half"]
+    failed = TaskMemory.from_line(by_id[ids["broken"][0]])
+    assert failed.state == FAILURE and failed.exception == "ValueError: no"
+    assert FolderStore(records).read(record_key(ids["plain"][0])).task_name == "plain"  # what callers read

@@ -22,6 +22,7 @@ from pytest_memguard.celery import (
     start_worker_process,
 )
 from pytest_memguard.celery.inflight import signal_from_exception, worker_lost_record
+from pytest_memguard.celery.records import SuccessLines
 from pytest_memguard.celery.store import FolderStore, record_key, store_for
 from pytest_memguard.runtime.units import SizeError
 
@@ -201,7 +202,7 @@ def test_from_fields_builds_the_same_record_as_the_constructor_and_rejects_a_wro
 def test_journal_lines_round_trip_in_field_order_and_old_or_foreign_lines_are_told_apart():
     record = sample_record(checkpoints=[{"label": "a", "time_s": 0.1, "rss_mb": 1.0, "peak_mb": 1.0}], attempt=2)
     line = record.to_line()
-    assert json.loads(line)[:4] == [1, "abc", "proj.task", "SUCCESS"]  # layout, then values in field order
+    assert json.loads(line)[:4] == [2, "abc", "proj.task", "SUCCESS"]  # layout, then values in field order
     assert TaskMemory.from_line(line) == record
     # RSS figures travel as whole KiB when they are (RSS is counted in pages), exactly; others stay floats.
     figures = sample_record(
@@ -219,12 +220,62 @@ def test_journal_lines_round_trip_in_field_order_and_old_or_foreign_lines_are_to
     del shuffled.pid
     shuffled.pid = 4242
     assert TaskMemory.from_line(shuffled.to_line()).pid == 4242
+    # A layout-1 line (journals of an older worker) reads with its own units: KiB, and floats for the rest.
+    old = json.loads(line)
+    old[0], old[8], old[17] = 1, 40960, 1795873409.7026431
+    assert TaskMemory.from_line(json.dumps(old)) == sample_record(
+        checkpoints=record.checkpoints, attempt=2, started_at=1795873409.7026431
+    )
     with pytest.raises(ValueError, match="known layout"):
         TaskMemory.from_line(json.dumps([99, "abc"]))
     with pytest.raises(ValueError, match="known layout"):
         TaskMemory.from_line(json.dumps([1, "abc", "proj.task"]))
     with pytest.raises(ValueError, match="not a TaskMemory line"):
         TaskMemory.from_line("42")
+
+
+def test_journal_lines_count_time_and_percent_in_whole_units_only_when_that_reads_back_exactly():
+    counted = sample_record(started_at=1795873409.702643, duration_s=0.001263239, process_percent=12.3)
+    values = json.loads(counted.to_line())
+    assert values[17:19] == [1795873409702643, 1263239] and values[21] == 123  # µs, ns, tenths of a percent
+    assert TaskMemory.from_line(counted.to_line()) == counted
+    # Finer than the unit, or not a number: written as it is, read back as it was.
+    fine = sample_record(started_at=1795873409.7026431, duration_s=0.1234567891234, process_percent=12.34)
+    assert json.loads(fine.to_line())[17:22:4] == [1795873409.7026431, 12.34]
+    assert TaskMemory.from_line(fine.to_line()) == fine
+    odd = sample_record(duration_s=float("inf"), start_mb=40, peak_mb=float("nan"))  # an int MB figure, too
+    back = TaskMemory.from_line(odd.to_line())
+    assert back.duration_s == float("inf") and back.start_mb == 40.0 and back.peak_mb != back.peak_mb
+
+
+def test_success_lines_are_the_records_own_journal_line():
+    lines = SuccessLines("proj.task", 4242, "w@host", "prefork", "kernel-hwm", {"policy": "growth", "collected": False})
+    text = lines.line("t-1", 3, 32524.0, 32660, 40000, 1795873409702643, 1263239, 2, 24683656.0, 17)
+    record = TaskMemory(
+        task_id="t-1",
+        task_name="proj.task",
+        state="SUCCESS",
+        pid=4242,
+        hostname="w@host",
+        pool="prefork",
+        attempt=3,
+        start_mb=32524 / 1024,
+        finish_mb=32660 / 1024,
+        peak_mb=40000 / 1024,
+        delta_mb=136 / 1024,
+        peak_delta_mb=7476 / 1024,
+        peak_source="kernel-hwm",
+        gc={"policy": "growth", "collected": False},
+        started_at=1795873409.702643,
+        duration_s=0.001263239,
+        overlapped=2,
+        limit_mb=24683656 / 1024,
+        process_percent=1.7,
+    )
+    assert text == record.to_line()
+    assert TaskMemory.from_line(text) == record
+    unknown = lines.line('q"uote', 0, 1, 1, 1, 0, 0, 0, None, None)  # JSON-quoted id; an unknown limit is null
+    assert TaskMemory.from_line(unknown).task_id == 'q"uote' and json.loads(unknown)[20:22] == [None, None]
 
 
 def test_folder_store_journals_follow_appends_skip_torn_lines_and_keep_writers_apart(tmp_path):
