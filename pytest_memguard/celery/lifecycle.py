@@ -101,6 +101,7 @@ class Instrumentation:
 
     def __init__(self, app, overrides: dict[str, Any]) -> None:
         self.app = app
+        self.active = True  # False once uninstrument()/suspended()/a new instrument() replaced it
         self.overrides = dict(overrides)
         self.options, self.settings = resolve_options(app, self.overrides)
         self.log = logging.getLogger("pytest_memguard")
@@ -408,8 +409,19 @@ def _memguard_headers(fields: dict) -> tuple[Any, Any]:
 
 # -- signal receivers: one set for every instrumented app ----------------------------------------------------------
 def _instrumentation_of(task) -> Instrumentation | None:
+    # A worker serves one app: the last one found answers without a WeakKeyDictionary lookup (which builds a
+    # weak reference per call), for as long as it is the app's instrumentation (``active``).
     app = getattr(task, "_app", None) or getattr(task, "app", None)
-    return _by_app.get(app) if app is not None else None
+    last = _last_found[0]
+    if last is not None and last.app is app and last.active:
+        return last
+    instr = _by_app.get(app) if app is not None else None
+    if instr is not None:
+        _last_found[0] = instr
+    return instr
+
+
+_last_found: list[Instrumentation | None] = [None]
 
 
 def _on_prerun(sender=None, task_id=None, task=None, **_):
@@ -520,6 +532,8 @@ def instrument(app, **options: Any) -> Instrumentation:
         merged = {**(existing.overrides if existing else {}), **options}
         instr = Instrumentation(app, merged)
         _by_app[app] = instr
+        if existing is not None:
+            existing.active = False
         _connect()
     return instr
 
@@ -528,10 +542,12 @@ def uninstrument(app) -> bool:
     """Undo :func:`instrument` for ``app`` (tasks already running finish unmeasured). Returns whether it was
     instrumented. Signals are disconnected when no app remains instrumented."""
     with _lock:
-        removed = _by_app.pop(app, None) is not None
+        instr = _by_app.pop(app, None)
+        if instr is not None:
+            instr.active = False
         if not len(_by_app):
             _disconnect()
-    return removed
+    return instr is not None
 
 
 @contextlib.contextmanager
@@ -542,12 +558,15 @@ def suspended(app):
     ``LOCAL_CAPACITY``) would be growth of the hunt's own, not of the task."""
     with _lock:
         instr = _by_app.pop(app, None)
+        if instr is not None:
+            instr.active = False
     try:
         yield instr
     finally:
         if instr is not None:
             with _lock:
-                _by_app.setdefault(app, instr)
+                if _by_app.setdefault(app, instr) is instr:
+                    instr.active = True
                 _connect()
 
 

@@ -24,6 +24,7 @@ from pytest_memguard.celery import (
     task_memory,
     uninstrument,
 )
+from pytest_memguard.celery.lifecycle import suspended
 from pytest_memguard.runtime.config import SettingError
 
 MB = 1 << 20
@@ -161,6 +162,16 @@ def test_task_memory_times_out_with_a_clear_message(app):
 def test_uninstrument_stops_measuring_and_instrument_is_idempotent(app):
     fail = app.tasks[f"{app.main}.fail"]  # finalizes the app first: binding a MonitoredTask instruments its app
     assert instrument(app) is instrumentation(app)
+    cycle = app.tasks[f"{app.main}.cycle"]
+    assert task_memory(cycle.apply(args=(0,)), timeout=1).gc["policy"] == "growth"  # measured (and looked up)
+    replaced = instrument(app, gc_policy="never")  # new options: the new instrumentation measures from now on
+    assert task_memory(cycle.apply(args=(0,)), timeout=1).gc["policy"] == "never"
+    with suspended(app):
+        paused = cycle.apply(args=(0,))
+    assert task_memory(cycle.apply(args=(0,)), timeout=1).gc["policy"] == "never"
+    with pytest.raises(TaskMemoryTimeout):
+        task_memory(paused, timeout=0.05)
+    assert instrumentation(app) is replaced
     assert uninstrument(app) is True
     assert uninstrument(app) is False
     result = fail.apply(args=(1,))
