@@ -63,13 +63,19 @@ def main(argv=None) -> int:
         for rec in records:
             states[rec.state] = states.get(rec.state, 0) + 1
         log_errors = [line for line in worker.log_text().splitlines() if "Unrecoverable" in line or "ERROR" in line]
+        worker_pid = worker.pid
+    # Each record names the process that ran its task: a child's own pid, never the parent's (nor a stale one).
+    pids = sorted({rec.pid for rec in records})
+    pools = sorted({rec.pool for rec in records})
     print(f"tasks={args.tasks} pool={args.pool} concurrency={args.concurrency} prefetch={args.prefetch_multiplier}")
     print(f"sent in {sent:.2f}s, all done in {elapsed:.2f}s ({args.tasks / elapsed:.0f} tasks/s)")
     print(f"lost={len(lost)} failed={len(failed)} records={len(records)} states={states}")
     print(f"worker log error lines: {len(log_errors)}")
+    print(f"record pids {pids} (worker's main process {worker_pid}), pools {pools}")
     for line in log_errors[:5]:
         print("  ", line)
     ok = not lost and not failed and len(records) == args.tasks and not log_errors
+    ok = ok and worker_pid not in pids and None not in pids and pools == [args.pool]
     print("SOAK OK" if ok else "SOAK FAILED")
     return 0 if ok else 1
 

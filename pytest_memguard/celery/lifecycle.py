@@ -282,6 +282,7 @@ class Instrumentation:
         lines = self._success_lines.get(run.task_name)
         if (
             lines is None
+            or lines.pid != m["pid"]  # (a fork resets the cache too: _forget_stores)
             or lines.hostname != run.hostname
             or lines.pool != run.pool
             or lines.peak_source != m["peak_source"]
