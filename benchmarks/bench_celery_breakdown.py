@@ -1,7 +1,7 @@
 """Where the per-task cost of instrumentation goes, measured in context: Celery's own tracer, with parts of memguard
 stubbed out one at a time.
 
-    python benchmarks/bench_celery_breakdown.py [--tasks 2000] [--batches 7] [--reps 3]
+    python benchmarks/bench_celery_breakdown.py [--tasks 2000] [--batches 7] [--reps 3] [--instructions]
 
 Why in context: a part timed alone in a hot loop (``timeit``) stays in the CPU's caches; run once per ~130 µs of
 Celery's own code, as in a worker, it costs two to four times more. Each variant runs in a fresh interpreter,
@@ -11,7 +11,9 @@ times; the median and the minimum (the least disturbed run, on a noisy machine) 
 to the uninstrumented baseline's. The stubs replace parts of
 memguard *in the benchmark's child process only*:
 
-- ``signals``: receivers connected, the task's start a no-op (Celery's dispatch of task_prerun/task_postrun);
+- ``dispatch``: memguard not instrumented, two receivers that do nothing connected to task_prerun/task_postrun
+  (what Celery's dispatch of the two signals costs any instrumentation built on them);
+- ``signals``: receivers connected, the task's start a no-op (that dispatch to memguard's receivers);
 - ``no-monitor``: everything but the monitor (its start returns at once, its finish returns fixed figures);
 - ``no-syscalls``: the monitor without its system calls (probe readings are constants);
 - ``no-reset``: the monitor without the ``clear_refs`` reset;
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "baseline": {"MEMGUARD_INSTRUMENT": "0"},
+    "dispatch": {"MEMGUARD_INSTRUMENT": "0", "BREAKDOWN_STUB": "dispatch"},
     "signals": {"MEMGUARD_RECORDS": "0", "BREAKDOWN_STUB": "signals"},
     "no-monitor": {"MEMGUARD_RECORDS": "0", "BREAKDOWN_STUB": "no-monitor"},
     "no-syscalls": {"MEMGUARD_RECORDS": "0", "BREAKDOWN_STUB": "no-syscalls"},
@@ -49,7 +52,15 @@ def apply_stub(stub: str) -> None:
     from pytest_memguard.celery import lifecycle
     from pytest_memguard.runtime import monitor, probes
 
-    if stub == "signals":
+    if stub == "dispatch":
+        from celery import signals
+
+        def nothing(**_):
+            return None
+
+        signals.task_prerun.connect(nothing, weak=False, dispatch_uid="breakdown.prerun")
+        signals.task_postrun.connect(nothing, weak=False, dispatch_uid="breakdown.postrun")
+    elif stub == "signals":
         lifecycle.Instrumentation.start = lambda self, task, task_id: None
     elif stub == "no-monitor":
         fixed = monitor.MemoryMonitor("stub")
@@ -79,6 +90,14 @@ def run_child(tasks: int, batches: int) -> float:
     return min(run_variant(tasks, batches, profile=False, loglevel="WARNING")["per_task_us"]) / 1e6
 
 
+def count_variant(variant: str) -> float:
+    """Instructions per task of one variant, under callgrind (see ``bench_celery_tracer.instructions_per_task``)."""
+    from bench_celery_tracer import child_env, instructions_per_task
+
+    env = child_env(VARIANTS[variant].get("MEMGUARD_INSTRUMENT", "1") == "1", **VARIANTS[variant])
+    return instructions_per_task(env, [sys.executable, __file__, "--child"])
+
+
 def spawn(variant: str, tasks: int, batches: int) -> float:
     env = {
         **os.environ,
@@ -97,10 +116,31 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=7)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per task of each variant under callgrind (valgrind) instead of timing",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child and args.count is not None:
+        from bench_celery_tracer import run_count
+
+        apply_stub(os.environ.get("BREAKDOWN_STUB", ""))
+        run_count(args.count)
+        return 0
     if args.child:
         print(run_child(args.tasks, args.batches))
+        return 0
+    if args.instructions:
+        from bench_celery_tracer import require_valgrind
+
+        require_valgrind()
+        counts = {name: count_variant(name) for name in VARIANTS}
+        print("instructions per no-op task under callgrind (WARNING, solo)")
+        for name, count in counts.items():
+            print(f"{name:12s} {count:>10,.0f} {count - counts['baseline']:>+10,.0f}")
         return 0
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.reps):
