@@ -254,6 +254,13 @@ class Instrumentation:
                     return
                 except Exception:  # delivered below, as a record, with the fault handling that has
                     pass
+        if (
+            not self._deliver_to_store
+            and self._metrics is None
+            and run.pool != "eager"
+            and not local_records.has_listeners()
+        ):
+            return  # records off in a worker, no one here listening: deliver() would only drop the record
         # The backend is only needed to choose this process's store, on its first record (task.backend is a
         # property over a thread-local, not free per task).
         self.deliver(self._record(run, state, summary), backend=None if self._write is not None else task.backend)
