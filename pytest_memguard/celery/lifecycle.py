@@ -247,13 +247,13 @@ class Instrumentation:
             except ValueError:
                 current_run.set(None)
         if self._write_line is not None and state == SUCCESS and not local_records.has_listeners():
-            line = self._success_line(run, summary)
-            if line is not None:
-                try:
+            try:
+                line = self._success_line(run, summary)
+                if line is not None:
                     self._write_line(line)
                     return
-                except Exception:  # delivered below, as a record, with the fault handling that has
-                    pass
+            except Exception:  # delivered below, as a whole record, with the fault handling that has
+                pass
         if (
             not self._deliver_to_store
             and self._metrics is None
@@ -274,7 +274,7 @@ class Instrumentation:
         if run.exception is not None or run.run_tag is not None or run.children or m["checkpoints"] or m["errors"]:
             return None
         gc = m["gc"]
-        if gc["collected"] or m["heap"] is not None or m["start_mb"] is None or m["finish_mb"] is None:
+        if gc["collected"] or m["heap"] is not None or None in (m["start_mb"], m["finish_mb"], m["peak_mb"]):
             return None
         start, finish, peak = m["start_mb"] * 1024, m["finish_mb"] * 1024, m["peak_mb"] * 1024
         limit = self.limit_mb(m["limit_mb"])

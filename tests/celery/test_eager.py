@@ -315,7 +315,7 @@ def test_a_record_the_store_cannot_take_stays_readable_here_and_reaches_a_listen
     assert any("cannot deliver memory records" in r.getMessage() for r in caplog.records)
 
 
-def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_would_make(tmp_path):
+def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_would_make(tmp_path, monkeypatch):
     """The worker's short path for a plain SUCCESS (its line formatted from the figures, no TaskMemory built) writes
     exactly what the record's own ``to_line`` would; anything more (a checkpoint, a failure) takes the whole path."""
     import json
@@ -326,6 +326,7 @@ def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_
 
     from pytest_memguard.celery import TaskMemory, embedded_app_config, lifecycle
     from pytest_memguard.celery.store import FolderStore, record_key
+    from pytest_memguard.runtime import probes
 
     records = tmp_path / "records"
     worker_app = Celery(f"worker-{uuid.uuid4().hex[:6]}", set_as_current=False)
@@ -354,13 +355,23 @@ def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_
             ids.setdefault(task.name, []).append(uuid.uuid4().hex)
             tracer = build_tracer(task.name, task, app=worker_app, eager=False)
             tracer(ids[task.name][-1], (), {}, {**request, "id": ids[task.name][-1]})
+        with monkeypatch.context() as patch:  # a fault in the monitor: the whole record says so, still journaled
+
+            def statm_gone(self):
+                raise OSError("statm vanished")
+
+            patch.setattr(probes.ProcessProbe, "rss_bytes", statm_gone)
+            faulty = uuid.uuid4().hex
+            build_tracer("plain", plain, app=worker_app, eager=False)(faulty, (), {}, {**request, "id": faulty})
     finally:
         lifecycle._worker["pool"] = saved_pool
         uninstrument(worker_app)
     assert set(instr._success_lines) == {"plain"}  # the short path served the plain successes, and only them
     lines = [line for journal in records.glob("*.jsonl") for line in journal.read_text().splitlines()]
     by_id = {json.loads(line)[1]: line for line in lines}
-    assert set(by_id) == {*ids["plain"], *ids["phased"], *ids["broken"]}
+    assert set(by_id) == {*ids["plain"], *ids["phased"], *ids["broken"], faulty}
+    faulted = TaskMemory.from_line(by_id[faulty])
+    assert faulted.state == SUCCESS and faulted.errors and faulted.finish_mb is None
     for task_id in ids["plain"]:
         line = by_id[task_id]
         mem = TaskMemory.from_line(line)
