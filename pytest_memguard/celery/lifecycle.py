@@ -246,7 +246,12 @@ class Instrumentation:
                 current_run.reset(run.token)
             except ValueError:
                 current_run.set(None)
-        if self._write_line is not None and state == SUCCESS and not local_records.has_listeners():
+        if (
+            self._write_line is not None
+            and state == SUCCESS
+            and run.pool != "eager"  # (an apply() inside a worker's task: its record stays in this process)
+            and not local_records.has_listeners()
+        ):
             try:
                 line = self._success_line(run, summary)
                 if line is not None:

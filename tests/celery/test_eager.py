@@ -325,7 +325,7 @@ def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_
     from celery.app.trace import build_tracer
 
     from pytest_memguard.celery import TaskMemory, embedded_app_config, lifecycle
-    from pytest_memguard.celery.store import FolderStore, record_key
+    from pytest_memguard.celery.store import FolderStore, local_records, record_key
     from pytest_memguard.runtime import probes
 
     records = tmp_path / "records"
@@ -363,6 +363,7 @@ def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_
             patch.setattr(probes.ProcessProbe, "rss_bytes", statm_gone)
             faulty = uuid.uuid4().hex
             build_tracer("plain", plain, app=worker_app, eager=False)(faulty, (), {}, {**request, "id": faulty})
+        eager = plain.apply()  # in the same process after worker runs: an eager record stays here, unjournaled
     finally:
         lifecycle._worker["pool"] = saved_pool
         uninstrument(worker_app)
@@ -370,6 +371,7 @@ def test_a_workers_plain_success_is_journaled_as_the_same_line_its_whole_record_
     lines = [line for journal in records.glob("*.jsonl") for line in journal.read_text().splitlines()]
     by_id = {json.loads(line)[1]: line for line in lines}
     assert set(by_id) == {*ids["plain"], *ids["phased"], *ids["broken"], faulty}
+    assert local_records.final(eager.id).pool == "eager"
     faulted = TaskMemory.from_line(by_id[faulty])
     assert faulted.state == SUCCESS and faulted.errors and faulted.finish_mb is None
     for task_id in ids["plain"]:
