@@ -49,6 +49,7 @@ class InflightSlot:
             folder, f"{SLOT_PREFIX}{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.json"
         )
         self.fd: int | None = None
+        self.pid = os.getpid()  # a slot belongs to one process (forgotten at fork)
         self._open()
 
     def _open(self) -> None:
@@ -116,11 +117,37 @@ if hasattr(os, "register_at_fork"):
 atexit.register(close_slots)
 
 
+#: Figures a slot holds as whole counts, and the record's names and units they are read back as (see
+#: :class:`InflightFile`): (persisted key, record key, counts per record unit).
+_COUNTED = (
+    ("start_kib", "start_mb", 1024),
+    ("peak_kib", "peak_mb", 1024),
+    ("last_rss_kib", "last_rss_mb", 1024),
+    ("limit_kib", "limit_mb", 1024),
+    ("started_us", "started_at", 1e6),
+)
+
+
+def kib(mb: float | None) -> int | float | None:
+    """``mb`` as whole KiB when it is one (RSS and limits are), else as fractional KiB."""
+    if mb is None:
+        return None
+    count = mb * 1024
+    return int(count) if count.is_integer() else count
+
+
 class InflightFile:
-    """The persisted state of one running task, in its process's slot (see the module docstring)."""
+    """The persisted state of one running task, in its process's slot (see the module docstring).
+
+    Written at START of every task in a prefork child, so it is kept cheap: its figures are whole counts
+    (``start_kib``, ``peak_kib``, ``last_rss_kib``, ``limit_kib``, ``started_us``; a float's shortest repr in JSON is
+    ~8,700 instructions, an int's a few hundred) and ``pid`` is the slot's. :func:`read_inflight` gives them back as
+    the record's MB and seconds."""
 
     def __init__(self, folder: str, state: dict) -> None:
         self.slot = slot_for(folder)
+        if "pid" not in state:
+            state["pid"] = self.slot.pid
         self.state = state
         self.write()
 
@@ -129,15 +156,24 @@ class InflightFile:
 
     def on_checkpoint(self, entry: dict) -> None:
         self.state["checkpoints"].append(entry)
-        peak = entry.get("peak_mb")
-        if peak is not None and (self.state.get("peak_mb") or 0) < peak:
-            self.state["peak_mb"] = peak
-        self.state["last_rss_mb"] = entry.get("rss_mb")
+        peak = kib(entry.get("peak_mb"))
+        if peak is not None and (self.state.get("peak_kib") or 0) < peak:
+            self.state["peak_kib"] = peak
+        self.state["last_rss_kib"] = kib(entry.get("rss_mb"))
         self.write()
 
 
+def _figures_in_record_units(state: dict) -> dict:
+    for counted, name, per_unit in _COUNTED:
+        if counted in state:
+            count = state.pop(counted)
+            state[name] = None if count is None else count / per_unit
+    return state
+
+
 def read_inflight(folder: str, task_id: str) -> dict | None:
-    """The state a (dead) process persisted for ``task_id``, or ``None``. The slot it was found in is removed when
+    """The state a (dead) process persisted for ``task_id``, or ``None``; its figures in the record's units
+    (``start_mb``, ``peak_mb``, ``last_rss_mb``, ``limit_mb``, ``started_at``). The slot it was found in is removed when
     its process is gone; so are other slots of dead processes left for over a day (workers killed whole)."""
     try:
         entries = [entry for entry in os.scandir(folder) if entry.name.startswith(SLOT_PREFIX)]
@@ -154,7 +190,7 @@ def read_inflight(folder: str, task_id: str) -> dict | None:
             continue
         mine = found is None and state.get("task_id") == task_id
         if mine:
-            found = state
+            found = _figures_in_record_units(state)
         if _process_gone(state.get("pid")) and (mine or _older_than(entry, 86400)):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)

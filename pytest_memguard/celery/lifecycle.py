@@ -30,7 +30,7 @@ from ..runtime.system import cached_effective_limit_bytes, percent_of
 from ..runtime.units import MB
 from .collect import RUN_TAG_HEADER, active_run_tag
 from .delivery import BatchedWriter, flush_all
-from .inflight import InflightFile, close_slots, oom_kill_count, read_inflight, worker_lost_record
+from .inflight import InflightFile, close_slots, kib, oom_kill_count, read_inflight, worker_lost_record
 from .options import resolve_options
 from .records import FAILURE, RECORD_VERSION, RETRY, SUCCESS, SuccessLines, TaskMemory
 from .store import local_records, store_for
@@ -202,21 +202,20 @@ class Instrumentation:
 
     def _open_inflight(self, run: TaskRun) -> InflightFile | None:
         start = run.monitor._start_rss
-        start_mb = None if start is None else start / MB  # exact (KiB multiples): no rounding needed
-        state = {
+        start_kib = None if start is None else start // 1024  # RSS is counted in KiB and pages: exact
+        state = {  # figures as whole counts, the pid from the slot: see InflightFile
             "task_id": run.task_id,
             "task_name": run.task_name,
             "attempt": run.attempt,
-            "pid": os.getpid(),
             "hostname": run.hostname,
             "pool": run.pool,
             "run_tag": run.run_tag,
-            "started_at": run.monitor._started_at,
-            "start_mb": start_mb,
-            "peak_mb": start_mb,
-            "last_rss_mb": start_mb,
+            "started_us": round(run.monitor._started_at * 1e6),  # whole µs already: exact
+            "start_kib": start_kib,
+            "peak_kib": start_kib,
+            "last_rss_kib": start_kib,
             "peak_source": run.monitor._peak_source,
-            "limit_mb": self.limit_mb(),
+            "limit_kib": kib(self.limit_mb()),
             "checkpoints": [],
         }
         try:

@@ -332,7 +332,8 @@ def test_inflight_state_of_a_killed_child_is_found_and_its_slot_removed(tmp_path
     inflight.InflightFile(folder, {"task_id": "parent-task", "pid": os.getpid(), "checkpoints": []})
 
     def child() -> None:  # writes its START and a checkpoint, then dies without any clean-up
-        state = {"task_id": "lost", "pid": os.getpid(), "checkpoints": [], "peak_mb": 1.0}
+        # As the worker writes it: figures as whole counts (KiB, µs), the pid left to the slot.
+        state = {"task_id": "lost", "checkpoints": [], "start_kib": 40960, "peak_kib": 40960, "started_us": 17958734097}
         inflight.InflightFile(folder, state).on_checkpoint({"label": "allocated", "rss_mb": 90.0, "peak_mb": 95.0})
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -340,8 +341,12 @@ def test_inflight_state_of_a_killed_child_is_found_and_its_slot_removed(tmp_path
     process.start()
     process.join(30)
     assert process.exitcode == -signal.SIGKILL
+    raw = [json.loads(p.read_bytes()) for p in (tmp_path / "inflight").iterdir()]
+    lost = next(state for state in raw if state["task_id"] == "lost")
+    assert (lost["pid"], lost["peak_kib"], lost["last_rss_kib"]) == (process.pid, 97280, 92160)  # no float repr
     persisted = inflight.read_inflight(folder, "lost")
     assert persisted["checkpoints"][-1]["label"] == "allocated" and persisted["peak_mb"] == 95.0
+    assert (persisted["start_mb"], persisted["last_rss_mb"], persisted["started_at"]) == (40.0, 90.0, 17958.734097)
     names = sorted(p.name for p in (tmp_path / "inflight").iterdir())
     assert len(names) == 1 and f"-{os.getpid()}-" in names[0]  # the dead child's slot is gone, ours (alive) stays
     assert inflight.read_inflight(folder, "parent-task")["task_id"] == "parent-task"  # the child wrote its own slot
