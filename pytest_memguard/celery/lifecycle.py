@@ -281,13 +281,10 @@ class Instrumentation:
         if gc["collected"] or m["heap"] is not None or None in (m["start_mb"], m["finish_mb"], m["peak_mb"]):
             return None
         start, finish, peak = m["start_mb"] * 1024, m["finish_mb"] * 1024, m["peak_mb"] * 1024
-        limit = self.limit_mb(m["limit_mb"])
+        limit, percent = self._limit_and_percent(m)
         limit_kib = None if limit is None else limit * 1024
         if not (start.is_integer() and finish.is_integer() and peak.is_integer()):
             return None
-        percent = m["process_percent"]
-        if limit != m["limit_mb"]:
-            percent = percent_of(m["peak_mb"], limit)
         if limit_kib is not None and not limit_kib.is_integer():
             return None
         lines = self._success_lines.get(run.task_name)
@@ -315,12 +312,18 @@ class Instrumentation:
             None if percent is None else round(percent * 10),
         )
 
-    def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
+    def _limit_and_percent(self, m: dict) -> tuple[float | None, float | None]:
+        """The record's ``limit_mb`` and ``process_percent`` from the monitor's figures: the effective limit
+        (:meth:`limit_mb`), and the peak's percentage of it when that is not the limit the monitor found."""
         found_limit, peak = m["limit_mb"], m["peak_mb"]
         limit = self.limit_mb(found_limit)
-        percent = m["process_percent"]
         if limit and peak is not None and limit != found_limit:
-            percent = percent_of(peak, limit)
+            return limit, percent_of(peak, limit)
+        return limit, m["process_percent"]
+
+    def _record(self, run: TaskRun, state: str, m: dict) -> TaskMemory:
+        limit, percent = self._limit_and_percent(m)
+        peak = m["peak_mb"]
         # Every field, from the monitor's dict (same names) and the run: one record per task. Filling a copy of
         # the blank record (keys already in field order) costs ~35% less than a 28-key dict literal.
         v = TaskMemory.blank_fields()

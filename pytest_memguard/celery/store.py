@@ -192,7 +192,7 @@ class FolderStore:
 
     # -- writing (workers) -------------------------------------------------------------------------------------
     def write(self, record: TaskMemory) -> None:
-        self._append(record.to_line().encode() + b"\n")
+        self.write_line(record.to_line())
 
     def write_many(self, records: list[TaskMemory]) -> None:
         self._append(b"".join(record.to_line().encode() + b"\n" for record in records))
