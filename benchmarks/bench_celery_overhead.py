@@ -27,7 +27,17 @@ REDIS_BROKER, REDIS_BACKEND = "redis://127.0.0.1:6379/3", "redis://127.0.0.1:637
 RABBITMQ_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 
-def one_round(instrumented: bool, n: int, broker: str, folder_root: str | None, loglevel: str) -> float:
+def one_round(
+    instrumented: bool,
+    n: int,
+    broker: str,
+    folder_root: str | None,
+    loglevel: str,
+    app_path: str = "fixtures.celery_app",
+    extra_env: dict | None = None,
+) -> float:
+    """Seconds the worker took over ``n`` queued no-op tasks (``app_path`` and ``extra_env``: another worker app,
+    as ``bench_celery_floor.py`` runs)."""
     from celery import Celery
 
     from fixtures.celery_app import config_from_env
@@ -37,6 +47,7 @@ def one_round(instrumented: bool, n: int, broker: str, folder_root: str | None, 
         "MEMGUARD_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
         "MEMGUARD_FS_FOLDER": tempfile.mkdtemp(prefix="memguard-bench-", dir=folder_root),
         "MEMGUARD_INSTRUMENT": "1" if instrumented else "0",
+        **(extra_env or {}),
     }
     if broker == "redis":
         env.update(MEMGUARD_BROKER_URL=REDIS_BROKER, MEMGUARD_RESULT_BACKEND=REDIS_BACKEND)
@@ -45,7 +56,7 @@ def one_round(instrumented: bool, n: int, broker: str, folder_root: str | None, 
     app = Celery(f"bench-{uuid.uuid4().hex[:6]}", set_as_current=False)
     app.conf.update(config_from_env(env))
     results = [app.send_task("fixtures.noop") for _ in range(n)]  # the backlog is ready before the worker starts
-    with start_worker_process("fixtures.celery_app", pool="solo", env=env, loglevel=loglevel) as worker:
+    with start_worker_process(app_path, pool="solo", env=env, loglevel=loglevel) as worker:
         for r in results:
             r.get(timeout=300, interval=0.05)  # a lazy caller: its polling must not compete with the worker
         if instrumented:  # every task's record arrived (they are written off the task's path, in batches)

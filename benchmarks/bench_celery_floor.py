@@ -1,0 +1,235 @@
+"""The floor under #3's 1.05 target: what the readings an exact per-task peak needs cost on Celery's task path,
+with no signal, no memguard code and next to no Python around them.
+
+    python benchmarks/bench_celery_floor.py [--tasks 500] [--rounds 30] [--worker-tasks 1000] [--worker-rounds 3]
+        [--folder-root /dev/shm] [--skip-worker]
+
+An exact peak per task (the kernel's high-water mark, reset per task: #2) with its start and finish RSS, delivered
+as a record per task (#3), takes at least, per task: writing ``5`` to ``/proc/self/clear_refs`` (``reset``),
+``getrusage`` right after it and again at the end (``rusage``: the start RSS is the fresh mark, the end one the
+peak), reading ``/proc/self/statm`` (``statm``: the finish RSS) and appending the record to a journal (``append``).
+:class:`FloorHooks` does that and nothing more, from the app loader's ``on_task_init``/``on_process_cleanup``,
+which Celery's tracer calls on every task without a signal dispatch (the dispatch costs more: see
+``bench_celery_breakdown.py``).
+
+1. In-process: Celery's own tracer for ``fixtures.noop`` (built as ``bench_celery_tracer.py`` builds it) once per
+   variant (no hooks; hooks with no reading; one primitive each; all of them), their batches interleaved round-robin
+   in one interpreter so the VM's drift hits every variant alike. Prints the min and median per task and their
+   difference to the unhooked tracer.
+2. Through a real solo worker on the embedded broker, as ``bench_celery_overhead.py`` runs it: the baseline, the
+   floor's hooks with no reading (``hooks``), the floor (all primitives) and memguard's ``instrument()``, in paired
+   rounds. Prints each one's median ratio to the baseline round before it: the floor's ratio is what no
+   instrumentation with an exact per-task peak and a record per task can go under.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRIMITIVES = ("reset", "rusage", "statm", "append")
+# Set in the floor worker's environment: the journal its hooks append to (``celery -A benchmarks.bench_celery_floor``).
+FLOOR_JOURNAL_ENV = "MEMGUARD_FLOOR_JOURNAL"
+FLOOR_PRIMITIVES_ENV = "MEMGUARD_FLOOR_PRIMITIVES"  # comma-separated; unset: all of them
+
+
+class FloorHooks:
+    """Per-task readings from the loader hooks Celery's tracer calls around every task, and nothing else.
+
+    ``primitives`` picks which of :data:`PRIMITIVES` run (the in-process part times each alone); the record line
+    is formatted in every variant, so the ``append`` variant adds only the system call."""
+
+    def __init__(self, journal_path: str, primitives=PRIMITIVES) -> None:
+        unknown = set(primitives) - set(PRIMITIVES)
+        if unknown:
+            raise ValueError(f"unknown primitive(s) {sorted(unknown)}; choose from {', '.join(PRIMITIVES)}")
+        self.primitives = frozenset(primitives)
+        self.journal_path = journal_path
+
+    def install(self, app) -> None:
+        """Chain this variant's hooks in front of ``app.loader``'s (tracers built afterwards call them)."""
+        loader = app.loader
+        task_init, process_cleanup = loader.on_task_init, loader.on_process_cleanup
+        reset, rusage, statm, append = (name in self.primitives for name in PRIMITIVES)
+        statm_fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        clear_refs_fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        write, pread, getrusage, self_ = os.write, os.pread, resource.getrusage, resource.RUSAGE_SELF
+        time_ns, perf_counter_ns = time.time_ns, time.perf_counter_ns
+        page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+        running: list = []
+
+        def on_task_init(task_id, task):
+            task_init(task_id, task)
+            if reset:
+                write(clear_refs_fd, b"5")
+            start_kib = getrusage(self_).ru_maxrss if rusage else 0
+            running.append((task_id, task.name, start_kib, time_ns() // 1000, perf_counter_ns()))
+
+        def on_process_cleanup():
+            task_id, name, start_kib, started_us, t0 = running.pop()
+            finish_kib = int(pread(statm_fd, 128, 0).split()[1]) * page_kib if statm else 0
+            peak_kib = getrusage(self_).ru_maxrss if rusage else 0
+            if peak_kib < finish_kib:  # read a moment apart from statm (memguard's monitor applies the same rule)
+                peak_kib = finish_kib
+            line = (
+                f'{{"task_id":"{task_id}","task_name":"{name}","state":"SUCCESS","start_kib":{start_kib},'
+                f'"finish_kib":{finish_kib},"peak_kib":{peak_kib},"started_us":{started_us},'
+                f'"duration_ns":{perf_counter_ns() - t0}}}\n'
+            )
+            if append:
+                write(journal_fd, line.encode())
+            process_cleanup()
+
+        loader.on_task_init, loader.on_process_cleanup = on_task_init, on_process_cleanup
+
+
+if os.environ.get(FLOOR_JOURNAL_ENV):  # imported by the floor variant's worker: the app, with the floor's hooks
+    from fixtures.celery_app import app
+
+    _primitives = os.environ.get(FLOOR_PRIMITIVES_ENV)
+    FloorHooks(
+        os.environ[FLOOR_JOURNAL_ENV],
+        PRIMITIVES if _primitives in (None, "all") else [p for p in _primitives.split(",") if p],
+    ).install(app)
+
+
+# -- 1. in-process -------------------------------------------------------------------------------------------------
+IN_PROCESS_VARIANTS: dict[str, tuple[str, ...] | None] = {
+    "tracer": None,  # Celery's tracer with the loader's own hooks
+    "hooks": (),  # the floor's hooks with no reading (their Python, the line formatted)
+    **{name: (name,) for name in PRIMITIVES},
+    "floor": PRIMITIVES,
+}
+
+
+def in_process(tasks: int, rounds: int, folder_root: str | None) -> dict[str, list[float]]:
+    """Per-task microseconds of each variant's batches (see the module docstring, part 1)."""
+    import logging
+
+    folder = tempfile.mkdtemp(prefix="memguard-floor-", dir=folder_root)
+    os.environ.update(MEMGUARD_FS_FOLDER=folder, MEMGUARD_INSTRUMENT="0", MEMGUARD_QUEUE="floor")
+    logging.basicConfig(filename=os.path.join(folder, "worker.log"), level=logging.WARNING)
+    from celery.app.trace import build_tracer
+
+    from fixtures.celery_app import app
+
+    task = app.tasks["fixtures.noop"]
+    loader = app.loader
+    own_hooks = loader.on_task_init, loader.on_process_cleanup
+    tracers = {}
+    for name, primitives in IN_PROCESS_VARIANTS.items():
+        loader.on_task_init, loader.on_process_cleanup = own_hooks
+        if primitives is not None:
+            FloorHooks(os.path.join(folder, f"journal-{name}"), primitives).install(app)
+        tracers[name] = build_tracer(task.name, task, app=app, eager=False)
+    loader.on_task_init, loader.on_process_cleanup = own_hooks
+    request = {"hostname": "bench@localhost", "delivery_info": {"routing_key": "floor"}, "is_eager": False}
+
+    def batch(tracer, n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            task_id = uuid.uuid4().hex
+            tracer(task_id, (), {}, {**request, "id": task_id})
+        return (time.perf_counter() - start) / n * 1e6
+
+    for tracer in tracers.values():
+        batch(tracer, 200)  # warm up: imports, backend folders, first writes
+    times: dict[str, list[float]] = {name: [] for name in tracers}
+    for _ in range(rounds):
+        for name, tracer in tracers.items():
+            times[name].append(batch(tracer, tasks))
+    journal = Path(folder, "journal-floor")
+    expected = 200 + rounds * tasks
+    lines = len(journal.read_bytes().splitlines())
+    if lines != expected:
+        raise SystemExit(f"the floor's hooks appended {lines} lines to {journal}, expected {expected}")
+    return times
+
+
+def print_in_process(times: dict[str, list[float]], tasks: int) -> None:
+    base_min, base_median = min(times["tracer"]), statistics.median(times["tracer"])
+    print(f"1. in-process: Celery's tracer, fixtures.noop, {len(times['tracer'])} interleaved batches of {tasks}")
+    print(f"   {'variant':8s} {'min us':>8s} {'+':>6s} {'median us':>10s} {'+':>6s}")
+    for name, values in times.items():
+        low, mid = min(values), statistics.median(values)
+        print(f"   {name:8s} {low:8.1f} {low - base_min:+6.1f} {mid:10.1f} {mid - base_median:+6.1f}")
+
+
+# -- 2. a real worker ----------------------------------------------------------------------------------------------
+def check_floor_journal(journal: Path, tasks: int) -> None:
+    """The floor worker did its readings: a record per task, each with its start, finish and peak read."""
+    records = [json.loads(line) for line in journal.read_bytes().splitlines()]
+    if len(records) != tasks:
+        raise SystemExit(f"the floor worker appended {len(records)} records to {journal}, expected {tasks}")
+    for record in records:
+        if min(record["start_kib"], record["finish_kib"], record["peak_kib"]) <= 0:
+            raise SystemExit(f"a floor record without sound readings: {record}")
+
+
+def through_worker(tasks: int, rounds: int, folder_root: str | None) -> dict[str, list[float]]:
+    """Seconds per round of each variant through a real solo worker (see the module docstring, part 2)."""
+    from bench_celery_overhead import one_round
+
+    times: dict[str, list[float]] = {"baseline": [], "hooks": [], "floor": [], "memguard": []}
+    for round_ in range(rounds):
+        for name in times:
+            extra_env, app_path = {}, "fixtures.celery_app"
+            journal = None
+            if name in ("hooks", "floor"):
+                journal = os.path.join(tempfile.mkdtemp(prefix="memguard-floor-", dir=folder_root), "journal")
+                extra_env = {FLOOR_JOURNAL_ENV: journal, FLOOR_PRIMITIVES_ENV: "" if name == "hooks" else "all"}
+                app_path = "benchmarks.bench_celery_floor"
+            elapsed = one_round(
+                name == "memguard", tasks, "embedded", folder_root, "WARNING", app_path=app_path, extra_env=extra_env
+            )
+            if name == "floor":
+                check_floor_journal(Path(journal), tasks)
+            times[name].append(elapsed)
+            print(f"   round {round_ + 1}: {name:8s} {elapsed / tasks * 1e6:7.1f} us/task")
+    return times
+
+
+def print_worker(times: dict[str, list[float]], tasks: int, folder_root: str | None) -> None:
+    where = folder_root or tempfile.gettempdir()
+    print(f"2. {tasks} no-op tasks, real solo worker, embedded broker in {where}, WARNING (median of paired rounds)")
+    base = times["baseline"]
+    print(f"   baseline {statistics.median(base) / tasks * 1e6:7.1f} us/task")
+    for name in ("hooks", "floor", "memguard"):
+        ratio = statistics.median(v / b for b, v in zip(base, times[name], strict=True))
+        extra = statistics.median((v - b) / tasks * 1e6 for b, v in zip(base, times[name], strict=True))
+        print(f"   {name:8s} ratio {ratio:.3f} ({extra:+.1f} us/task)   target 1.05")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=500, help="tasks per in-process batch")
+    parser.add_argument("--rounds", type=int, default=30, help="in-process batches per variant")
+    parser.add_argument("--worker-tasks", type=int, default=1000)
+    parser.add_argument("--worker-rounds", type=int, default=3)
+    parser.add_argument("--folder-root", default=None, help="where the broker/journal folders go, e.g. /dev/shm")
+    parser.add_argument("--skip-worker", action="store_true", help="only the in-process part")
+    args = parser.parse_args(argv)
+    if not os.path.exists("/proc/self/clear_refs"):
+        raise SystemExit("the floor is Linux's: /proc/self/clear_refs is missing here")
+    if not args.skip_worker:  # first: part 1 sets this process's environment for its in-process app
+        worker_times = through_worker(args.worker_tasks, args.worker_rounds, args.folder_root)
+    print_in_process(in_process(args.tasks, args.rounds, args.folder_root), args.tasks)
+    if not args.skip_worker:
+        print_worker(worker_times, args.worker_tasks, args.folder_root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
