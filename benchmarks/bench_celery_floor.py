@@ -35,7 +35,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +134,16 @@ class FloorHooks:
         loader.on_task_init, loader.on_process_cleanup = on_task_init, on_process_cleanup
 
 
+def check_floor_journal(journal: Path, tasks: int) -> None:
+    """The floor's hooks did their readings: a record per task, each with its start, finish and peak read."""
+    records = [json.loads(line) for line in journal.read_bytes().splitlines()]
+    if len(records) != tasks:
+        raise SystemExit(f"the floor's hooks appended {len(records)} records to {journal}, expected {tasks}")
+    for record in records:
+        if min(record["start_kib"], record["finish_kib"], record["peak_kib"]) <= 0:
+            raise SystemExit(f"a floor record without sound readings: {record}")
+
+
 if os.environ.get(FLOOR_ENV):  # imported by a floor variant's worker: the app, with that variant's hooks
     from fixtures.celery_app import app
 
@@ -152,45 +161,35 @@ IN_PROCESS_VARIANTS: dict[str, tuple[str, ...] | None] = {
 
 def in_process(tasks: int, rounds: int, folder_root: str | None) -> dict[str, list[float]]:
     """Per-task microseconds of each variant's batches (see the module docstring, part 1)."""
-    import logging
+    from bench_celery_tracer import make_task_call
 
     folder = tempfile.mkdtemp(prefix="memguard-floor-", dir=folder_root)
     os.environ.update(MEMGUARD_FS_FOLDER=folder, MEMGUARD_INSTRUMENT="0", MEMGUARD_QUEUE="floor")
-    logging.basicConfig(filename=os.path.join(folder, "worker.log"), level=logging.WARNING)
-    from celery.app.trace import build_tracer
-
     from fixtures.celery_app import app
 
-    task = app.tasks["fixtures.noop"]
     loader = app.loader
     own_hooks = loader.on_task_init, loader.on_process_cleanup
-    tracers = {}
+    calls = {}
     for name, primitives in IN_PROCESS_VARIANTS.items():
         loader.on_task_init, loader.on_process_cleanup = own_hooks
         if primitives is not None:
             FloorHooks(os.path.join(folder, f"journal-{name}"), primitives).install(app)
-        tracers[name] = build_tracer(task.name, task, app=app, eager=False)
+        calls[name] = make_task_call("WARNING")  # its tracer calls the loader hooks installed now
     loader.on_task_init, loader.on_process_cleanup = own_hooks
-    request = {"hostname": "bench@localhost", "delivery_info": {"routing_key": "floor"}, "is_eager": False}
 
-    def batch(tracer, n: int) -> float:
+    def batch(call, n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
-            task_id = uuid.uuid4().hex
-            tracer(task_id, (), {}, {**request, "id": task_id})
+            call()
         return (time.perf_counter() - start) / n * 1e6
 
-    for tracer in tracers.values():
-        batch(tracer, 200)  # warm up: imports, backend folders, first writes
-    times: dict[str, list[float]] = {name: [] for name in tracers}
+    for call in calls.values():
+        batch(call, 200)  # warm up: imports, backend folders, first writes
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
-        for name, tracer in tracers.items():
-            times[name].append(batch(tracer, tasks))
-    journal = Path(folder, "journal-floor")
-    expected = 200 + rounds * tasks
-    lines = len(journal.read_bytes().splitlines())
-    if lines != expected:
-        raise SystemExit(f"the floor's hooks appended {lines} lines to {journal}, expected {expected}")
+        for name, call in calls.items():
+            times[name].append(batch(call, tasks))
+    check_floor_journal(Path(folder, "journal-floor"), 200 + rounds * tasks)
     return times
 
 
@@ -204,16 +203,6 @@ def print_in_process(times: dict[str, list[float]], tasks: int) -> None:
 
 
 # -- 2. a real worker ----------------------------------------------------------------------------------------------
-def check_floor_journal(journal: Path, tasks: int) -> None:
-    """The floor worker did its readings: a record per task, each with its start, finish and peak read."""
-    records = [json.loads(line) for line in journal.read_bytes().splitlines()]
-    if len(records) != tasks:
-        raise SystemExit(f"the floor worker appended {len(records)} records to {journal}, expected {tasks}")
-    for record in records:
-        if min(record["start_kib"], record["finish_kib"], record["peak_kib"]) <= 0:
-            raise SystemExit(f"a floor record without sound readings: {record}")
-
-
 WORKER_VARIANTS: dict[str, dict | None] = {
     "baseline": None,
     "hooks": {"primitives": []},  # the loader hooks, no reading, no append
